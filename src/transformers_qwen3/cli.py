@@ -1,0 +1,54 @@
+"""The ``transformers-qwen3`` command line: one verb per job, each in the module that does the work.
+
+Verbs live in a table (name -> module with ``add_arguments(parser)`` and ``run(args) -> int``) and their modules
+are imported only when that verb runs, so ``transformers-qwen3 --help`` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+VERBS = {
+    "init": ("transformers_qwen3.commands:Init", "write a randomly initialised checkpoint of a preset shape"),
+    "import": ("transformers_qwen3.commands:Import", "import a native Qwen3 checkpoint into our Hub layout"),
+    "generate": ("transformers_qwen3.commands:Generate", "generate text from a prompt"),
+    "convert": ("transformers_qwen3.convert.cli", "convert a checkpoint to GGUF (text model + mmproj)"),
+    "verify": ("transformers_qwen3.convert.verify", "compare a GGUF in llama.cpp with transformers"),
+    "finetune": ("transformers_qwen3.finetune", "LoRA or full fine-tuning on a chat JSONL file"),
+    "export": ("transformers_qwen3.export", "write a Hub-ready repository (card, licence, GGUF)"),
+}
+
+
+def _verb(name):
+    """The object (module or class) with ``add_arguments`` and ``run`` for verb ``name``."""
+    module_name, _, attr = VERBS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="transformers-qwen3", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    # Only the chosen verb's module is imported; the others just get a help line.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (_, help_text) in VERBS.items():
+        sub = subparsers.add_parser(name, help=help_text)
+        if name == chosen:
+            try:
+                verb = _verb(name)
+            except ModuleNotFoundError as err:
+                parser.error(f"the '{name}' verb is not available in this installation ({err}).")
+            verb.add_arguments(sub)
+            sub.set_defaults(run=verb.run)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileExistsError, FileNotFoundError, OSError) as err:
+        # Bad input is reported as one line; tracebacks are for bugs.
+        print(f"transformers-qwen3 {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

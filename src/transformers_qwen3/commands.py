@@ -1,0 +1,79 @@
+"""The checkpoint verbs of the CLI: ``init``, ``import`` and ``generate``."""
+
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _tokenizer():
+    from .tokenizer import build_qwen3_tokenizer
+
+    return build_qwen3_tokenizer()
+
+
+class Init:
+    @staticmethod
+    def add_arguments(parser):
+        from .presets import PRESETS
+
+        parser.add_argument("dst", type=Path, help="folder to create")
+        parser.add_argument("--preset", required=True, choices=list(PRESETS), help="model shape")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--dtype", choices=list(DTYPES), help="default: float32 for tiny presets, else bfloat16")
+        parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+
+    @staticmethod
+    def run(args):
+        from .checkpoint import init_checkpoint
+
+        dtype = DTYPES[args.dtype] if args.dtype else None
+        init_checkpoint(args.dst, args.preset, seed=args.seed, dtype=dtype, tokenizer=_tokenizer(), force=args.force)
+        print(f"wrote {args.dst} (preset {args.preset}, seed {args.seed})")
+        return 0
+
+
+class Import:
+    @staticmethod
+    def add_arguments(parser):
+        parser.add_argument("src", type=Path, help="native Qwen3 checkpoint folder")
+        parser.add_argument("dst", type=Path, help="folder to create in our Hub layout")
+        parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+
+    @staticmethod
+    def run(args):
+        from .checkpoint import import_checkpoint
+
+        import_checkpoint(args.src, args.dst, tokenizer=_tokenizer(), force=args.force)
+        print(f"imported {args.src} -> {args.dst}")
+        return 0
+
+
+class Generate:
+    @staticmethod
+    def add_arguments(parser):
+        parser.add_argument("model", type=Path, help="model folder (our Hub layout)")
+        parser.add_argument("--prompt", required=True, help="user message")
+        parser.add_argument("--max-new-tokens", type=int, default=64)
+        parser.add_argument("--raw", action="store_true", help="tokenize the prompt as is, without the chat template")
+        parser.add_argument("--thinking", action="store_true", help="let the model think first (enable_thinking)")
+
+    @staticmethod
+    def run(args):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+        if args.raw:
+            inputs = tokenizer(args.prompt, return_tensors="pt")
+        else:
+            messages = [{"role": "user", "content": args.prompt}]
+            inputs = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, enable_thinking=args.thinking, return_tensors="pt",
+                return_dict=True,
+            )
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        return 0

@@ -1,0 +1,74 @@
+"""Configuration of Qwen3-Multimodal: one dense Qwen3 decoder reading text, images, video and audio.
+
+The composite config nests three typed sub-configs:
+
+- ``text_config``: every field of transformers' ``Qwen3Config`` (inherited, not copied), so a real Qwen3
+  checkpoint's config maps onto it one to one. The rope parameters may additionally carry Qwen3-VL's
+  ``mrope_section`` / ``mrope_interleaved`` (multimodal rotary); text-only checkpoints leave them out.
+- ``vision_config``: transformers' ``Qwen3VLVisionConfig`` as is (the tower is Qwen3-VL's), or ``None``.
+- ``audio_config``: transformers' ``Qwen3OmniMoeAudioEncoderConfig`` as is (the tower is Qwen3-Omni's), or ``None``.
+
+``None`` towers mean a text-only model: it has exactly Qwen3ForCausalLM's parameters.
+
+This file ships to the Hub as remote code: it imports only the standard library and transformers. (Unlike
+transformers' own configs we do not decorate with huggingface_hub's ``@strict``: remote code may import only
+transformers, and the inherited Qwen3 fields keep their validation.)
+"""
+
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
+from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+
+
+class Qwen3MultimodalTextConfig(Qwen3Config):
+    """The decoder: Qwen3's fields and semantics (sliding window, layer_types, YaRN ...) unchanged.
+
+    Differs from ``Qwen3Config`` only in its ``model_type`` (so a nested config never resolves to the native class)
+    and in accepting Qwen3-VL's M-RoPE keys inside ``rope_parameters``.
+    """
+
+    model_type = "qwen3_multimodal_text"
+    base_config_key = "text_config"
+    ignore_keys_at_rope_validation = {"mrope_section", "mrope_interleaved"}
+
+
+class Qwen3MultimodalConfig(PreTrainedConfig):
+    """Composite config. ``vision_config`` / ``audio_config`` = ``None`` gives a text-only model.
+
+    Special token ids default to the real Qwen3 / Qwen3-VL / Qwen3-Omni vocabulary.
+    """
+
+    model_type = "qwen3_multimodal"
+    sub_configs_defaults = {
+        "text_config": Qwen3MultimodalTextConfig,
+        "vision_config": SubConfigSpec(Qwen3VLVisionConfig, optional=True),
+        "audio_config": SubConfigSpec(Qwen3OmniMoeAudioEncoderConfig, optional=True),
+    }
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    audio_token_id: int = 151675
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    audio_start_token_id: int = 151669
+    audio_end_token_id: int = 151670
+    # Tying lives on the composite config because PreTrainedModel reads it there; it mirrors the text config's.
+    tie_word_embeddings: bool | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.tie_word_embeddings is None:
+            self.tie_word_embeddings = self.text_config.tie_word_embeddings
+        self.text_config.tie_word_embeddings = self.tie_word_embeddings
+
+    def get_text_config(self, *args, **kwargs):
+        # generation, caches and masks read the decoder's fields from here
+        return self.text_config
+
+
+__all__ = ["Qwen3MultimodalConfig", "Qwen3MultimodalTextConfig"]

@@ -1,0 +1,79 @@
+"""Writing our Hub layout: weights + config with a complete ``auto_map`` + the three code files + tokenizer.
+
+A folder written here loads with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` on a
+machine where this package is not installed. Every writer goes through :func:`atomic_folder`, so a failure never
+leaves a half-written destination.
+"""
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).parent
+HUB_FILES = (
+    "configuration_qwen3_multimodal.py",
+    "modeling_qwen3_multimodal.py",
+    "processing_qwen3_multimodal.py",
+)
+# save_pretrained writes only the saving class's own entry, so the whole map is set before saving (entries merge).
+MODEL_AUTO_MAP = {
+    "AutoConfig": "configuration_qwen3_multimodal.Qwen3MultimodalConfig",
+    "AutoModel": "modeling_qwen3_multimodal.Qwen3MultimodalModel",
+    "AutoModelForCausalLM": "modeling_qwen3_multimodal.Qwen3MultimodalForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_qwen3_multimodal.Qwen3MultimodalForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_qwen3_multimodal.Qwen3MultimodalForSequenceClassification",
+}
+TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "processing_qwen3_multimodal.Qwen3MultimodalTokenizer"]}
+
+
+@contextlib.contextmanager
+def atomic_folder(dst: Path, force: bool = False):
+    """Yield a temporary folder beside ``dst``; on success it replaces ``dst``, on error it is removed."""
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise FileExistsError(f"{dst} already exists; choose another destination or pass --force to replace it.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        yield tmp
+        # mkdtemp (and some writers) create private files; a published model folder is world-readable
+        tmp.chmod(0o755)
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def copy_code_files(folder: Path) -> None:
+    for name in HUB_FILES:
+        shutil.copyfile(PACKAGE_DIR / name, Path(folder) / name)
+
+
+def set_auto_map(config) -> None:
+    config.auto_map = dict(MODEL_AUTO_MAP)
+    config.architectures = ["Qwen3MultimodalForConditionalGeneration"]
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    tokenizer.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    data = json.loads(path.read_text())
+    data["auto_map"] = TOKENIZER_AUTO_MAP
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_hub_folder(model, tokenizer, dst: Path, force: bool = False, max_shard_size="2GB") -> Path:
+    """Save ``model`` (+ ``tokenizer``) in our Hub layout at ``dst``, atomically."""
+    with atomic_folder(dst, force=force) as tmp:
+        set_auto_map(model.config)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, tmp)
+        copy_code_files(tmp)
+    return Path(dst)

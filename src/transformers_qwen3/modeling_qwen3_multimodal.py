@@ -1,0 +1,417 @@
+"""Qwen3-Multimodal: one dense Qwen3 decoder reading text, images, video and audio in a single sequence.
+
+How it is built, and where it differs from the models it is made of:
+
+- Text decoder: transformers' own ``Qwen3DecoderLayer`` and ``Qwen3RMSNorm``, under Qwen3ForCausalLM's exact
+  parameter names (``model.embed_tokens``, ``model.layers.N...``, ``model.norm``, ``lm_head``), so a real Qwen3
+  checkpoint loads unchanged and text-only logits are bit-identical to ``Qwen3ForCausalLM``.
+- Rotary: Qwen3-VL's interleaved multimodal rotary (M-RoPE). For text-only input the three position components are
+  equal, which reduces it exactly to Qwen3's 1-D rotary (same frequencies, same cos/sin values).
+- Vision tower (``model.visual``): transformers' ``Qwen3VLVisionModel``; its deepstack features are added to the
+  hidden states after the first decoder layers at visual positions, as Qwen3-VL does.
+- Audio tower (``model.audio_tower``): transformers' ``Qwen3OmniMoeAudioEncoder``; audio tokens take 1-D positions
+  (all three M-RoPE components advance together), as in Qwen3-Omni. Deepstack adds nothing at audio positions.
+
+Design choice: the towers and decoder layers are *composed* from transformers' modules rather than re-written.
+They are then exact by construction (parity tests against the native models still check our glue: positions,
+scatter, deepstack, batching), at the price of depending on transformers internals that can move between releases.
+That price is paid in ``pyproject.toml``: the supported transformers range is pinned to the releases CI tests
+(floor and ceiling), and the ceiling is raised only after the parity suite passes on the new release.
+
+This file ships to the Hub as remote code: it imports only the standard library, torch, transformers and its
+sibling configuration file.
+"""
+
+import itertools
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GenericForSequenceClassification
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer, Qwen3RMSNorm
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding, Qwen3VLVisionModel
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
+
+# Modality ids of ``mm_token_type_ids`` (Qwen3-VL's convention, extended with audio).
+TEXT, IMAGE, VIDEO, AUDIO = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Qwen3MultimodalRotaryEmbedding(Qwen3VLTextRotaryEmbedding):
+    """Qwen3-VL's interleaved M-RoPE over the text config.
+
+    Accepts 1-D positions ``[batch, seq]`` (text-only: identical to Qwen3's rotary) or 3-D ``[3, batch, seq]``.
+    Without ``mrope_section`` in the rope parameters only 1-D positions are meaningful; we fall back to all
+    frequencies on the temporal component, which is what equal components give anyway.
+    """
+
+
+def scatter_features(inputs_embeds, mask, features, what):
+    """Write ``features`` [n, hidden] into ``inputs_embeds`` [batch, seq, hidden] where ``mask`` [batch, seq] is set."""
+    n_tokens, n_features = int(mask.sum()), features.shape[0]
+    if n_tokens != n_features:
+        raise ValueError(
+            f"{what}: the prompt has {n_tokens} placeholder tokens but the tower produced {n_features} features. "
+            f"Build inputs with the Qwen3Multimodal processor (it expands each placeholder to the right count), "
+            f"and pass exactly the media the prompt names."
+        )
+    features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+    return inputs_embeds.masked_scatter(mask[..., None].expand_as(inputs_embeds), features)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PreTrainedModel
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Qwen3MultimodalPreTrainedModel(PreTrainedModel):
+    config: Qwen3MultimodalConfig
+    config_class = Qwen3MultimodalConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "video", "audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen3DecoderLayer", "Qwen3VLVisionBlock", "Qwen3OmniMoeAudioEncoderLayer"]
+    _skip_keys_device_placement = ["cache"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False  # data-dependent media scatter
+    _can_record_outputs = {"hidden_states": Qwen3DecoderLayer, "attentions": Qwen3Attention}
+
+    def _init_weights(self, module):
+        # transformers 5 builds models on the meta device: every parameter *and* non-persistent buffer must be
+        # (re)computed here. The base class re-derives RotaryEmbedding ``inv_freq`` buffers; the towers are
+        # PreTrainedModels themselves and initialise their own buffers (vision rotary, audio sinusoid table).
+        super()._init_weights(module)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
+    """Embeddings + optional towers + the Qwen3 decoder stack. Returns the final normed hidden states."""
+
+    def __init__(self, config: Qwen3MultimodalConfig):
+        super().__init__(config)
+        config = self.config
+        # The base class resolves the attention implementation on the top-level config only; the decoder layers
+        # read it from text_config (the towers are PreTrainedModels and resolve their own), so pass it down.
+        config.text_config._attn_implementation = config._attn_implementation
+        text_config = config.text_config
+        self.padding_idx = text_config.pad_token_id
+        self.vocab_size = text_config.vocab_size
+
+        self.embed_tokens = nn.Embedding(text_config.vocab_size, text_config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [Qwen3DecoderLayer(text_config, layer_idx) for layer_idx in range(text_config.num_hidden_layers)]
+        )
+        self.norm = Qwen3RMSNorm(text_config.hidden_size, eps=text_config.rms_norm_eps)
+        self.rotary_emb = Qwen3MultimodalRotaryEmbedding(config=text_config)
+        self.has_sliding_layers = "sliding_attention" in text_config.layer_types
+
+        self.visual = Qwen3VLVisionModel._from_config(config.vision_config) if config.vision_config else None
+        self.audio_tower = Qwen3OmniMoeAudioEncoder._from_config(config.audio_config) if config.audio_config else None
+        self.rope_deltas = None  # [batch, 1]: M-RoPE position minus sequence index, kept for decoding steps
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    # ---- towers ------------------------------------------------------------------------------------------------
+
+    def get_image_features(self, pixel_values, image_grid_thw, **kwargs):
+        """Vision tower on flattened patches. Returns (merged [n_tokens, hidden], deepstack list of the same shape)."""
+        if self.visual is None:
+            raise ValueError("This checkpoint has no vision tower (vision_config is None); it cannot read images.")
+        out = self.visual(pixel_values.type(self.visual.dtype), grid_thw=image_grid_thw, return_dict=True, **kwargs)
+        return out.pooler_output, out.deepstack_features
+
+    def get_audio_features(self, input_features, feature_attention_mask, **kwargs):
+        """Audio tower on padded log-mel features [n_clips, mel, frames]. Returns [n_tokens, hidden]."""
+        if self.audio_tower is None:
+            raise ValueError("This checkpoint has no audio tower (audio_config is None); it cannot read audio.")
+        feature_lens = feature_attention_mask.sum(-1)
+        # [n_clips, mel, frames] -> [mel, sum of valid frames]: the tower takes the clips concatenated (as Qwen3-Omni)
+        features = input_features.permute(0, 2, 1)[feature_attention_mask.bool()].permute(1, 0)
+        out = self.audio_tower(features.type(self.audio_tower.dtype), feature_lens=feature_lens, return_dict=True)
+        return out.last_hidden_state
+
+    # ---- positions ---------------------------------------------------------------------------------------------
+
+    def mm_token_type_ids_from(self, input_ids):
+        """Modality of every token, derived from the placeholder ids (audio counts as text: 1-D positions)."""
+        types = torch.zeros_like(input_ids, dtype=torch.int)
+        types[input_ids == self.config.image_token_id] = IMAGE
+        types[input_ids == self.config.video_token_id] = VIDEO
+        types[input_ids == self.config.audio_token_id] = AUDIO
+        return types
+
+    def get_rope_index(self, input_ids, image_grid_thw=None, video_grid_thw=None, attention_mask=None, **kwargs):
+        """M-RoPE positions [3, batch, seq] and per-row deltas [batch, 1] (max position + 1 - length).
+
+        Text and audio tokens advance all three components together; each image (and each video frame, which
+        Qwen3-VL separates by timestamps) takes a (t, h, w) grid starting at the current position and then moves
+        the position on by max(h, w) / merge. Padding (attention_mask == 0) gets position 0.
+        """
+        merge = self.config.vision_config.spatial_merge_size if self.config.vision_config else 1
+        if video_grid_thw is not None:  # one grid per frame, t = 1 each
+            video_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
+            video_grid_thw[:, 0] = 1
+        grids = {
+            IMAGE: iter(image_grid_thw.tolist()) if image_grid_thw is not None else iter(()),
+            VIDEO: iter(video_grid_thw.tolist()) if video_grid_thw is not None else iter(()),
+        }
+        mm_types = self.mm_token_type_ids_from(input_ids)
+        position_ids = torch.zeros(3, *input_ids.shape, dtype=torch.long, device=input_ids.device)
+        deltas = []
+        for row in range(input_ids.shape[0]):
+            keep = attention_mask[row].bool() if attention_mask is not None else torch.ones_like(input_ids[row]).bool()
+            types = mm_types[row][keep].tolist()
+            pieces, current = [], 0
+            for modality, group in itertools.groupby(types):
+                length = len(list(group))
+                if modality in (TEXT, AUDIO):
+                    pieces.append(torch.arange(current, current + length).expand(3, -1))
+                    current += length
+                    continue
+                # consecutive placeholders of one modality may hold several images/frames: one grid each
+                while length > 0:
+                    t, h, w = next(grids[modality])
+                    h, w = h // merge, w // merge
+                    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+                    pieces.append(torch.stack([tt, hh, ww]).reshape(3, -1) + current)  # [3, t*h*w]
+                    current += max(h, w)
+                    length -= t * h * w
+            row_positions = torch.cat(pieces, dim=1).to(input_ids.device)
+            position_ids[:, row, keep] = row_positions
+            deltas.append(int(row_positions.max()) + 1 - int(keep.sum()))
+        return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
+
+    # ---- forward -----------------------------------------------------------------------------------------------
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        text_config = self.config.text_config
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=text_config)
+
+        # Media: scatter tower outputs into the placeholder positions; collect deepstack features per layer.
+        visual_mask, deepstack = None, None
+        has_media = pixel_values is not None or pixel_values_videos is not None or input_features is not None
+        if has_media and input_ids is None:
+            raise ValueError("Media inputs need input_ids (the placeholder tokens say where the media go).")
+        for pixels, grid, token_id, what in (
+            (pixel_values, image_grid_thw, self.config.image_token_id, "images"),
+            (pixel_values_videos, video_grid_thw, self.config.video_token_id, "videos"),
+        ):
+            if pixels is None:
+                continue
+            embeds, stack = self.get_image_features(pixels, grid)
+            mask = input_ids == token_id
+            inputs_embeds = scatter_features(inputs_embeds, mask, embeds, what)
+            if visual_mask is None:
+                visual_mask, deepstack = mask, list(stack)
+            else:
+                # images and videos both present: merge their deepstack rows in sequence order
+                joint = visual_mask | mask
+                merged = []
+                for old, new in zip(deepstack, stack):
+                    rows = old.new_zeros(int(joint.sum()), old.shape[-1])
+                    rows[visual_mask[joint]] = old
+                    rows[mask[joint]] = new
+                    merged.append(rows)
+                visual_mask, deepstack = joint, merged
+        if input_features is not None:
+            if feature_attention_mask is None:
+                feature_attention_mask = torch.ones(input_features.shape[::2], dtype=torch.long)
+            audio_embeds = self.get_audio_features(input_features, feature_attention_mask.to(input_features.device))
+            inputs_embeds = scatter_features(inputs_embeds, input_ids == self.config.audio_token_id, audio_embeds, "audio")
+
+        # Positions: text-only keeps Qwen3's 1-D ids; media get M-RoPE ids. A 4-row tensor is
+        # [text positions (masks), t, h, w] as Qwen3-VL's generate() passes it.
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            if has_media and past == 0:
+                mrope, self.rope_deltas = self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask)
+                text_positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+                position_ids = torch.cat([text_positions.expand(1, inputs_embeds.shape[0], -1), mrope])
+            else:
+                position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+                if self.rope_deltas is not None and past > 0:
+                    position_ids = torch.cat([position_ids[None], (position_ids + self.rope_deltas)[None].expand(3, -1, -1)])
+        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            text_position_ids, rope_position_ids = position_ids[0], position_ids[1:]
+        else:
+            text_position_ids = rope_position_ids = position_ids
+
+        if not isinstance(mask_mapping := attention_mask, dict):
+            mask_kwargs = {
+                "config": text_config,
+                "inputs_embeds": inputs_embeds,
+                "attention_mask": attention_mask,
+                "cache": cache,
+                "position_ids": text_position_ids,
+            }
+            mask_mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
+            if self.has_sliding_layers:
+                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, rope_position_ids)
+        for layer_idx, decoder_layer in enumerate(self.layers):
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=mask_mapping[text_config.layer_types[layer_idx]],
+                position_embeddings=position_embeddings,
+                position_ids=text_position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            if deepstack is not None and layer_idx < len(deepstack):
+                # DeepStack: the vision tower's intermediate features join the first decoder layers' output
+                hidden_states = hidden_states.clone()
+                hidden_states[visual_mask] = hidden_states[visual_mask] + deepstack[layer_idx].to(hidden_states)
+
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    # Qwen3-VL checkpoints keep the decoder under `model.language_model.`; loading one maps it onto our layout
+    _checkpoint_conversion_mapping = {r"^model\.language_model\.": "model."}
+
+    def __init__(self, config: Qwen3MultimodalConfig):
+        super().__init__(config)
+        self.model = Qwen3MultimodalModel(self.config)
+        self.vocab_size = config.text_config.vocab_size
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        # logits only where asked: an int keeps the last N positions, a tensor selects positions (0 keeps all)
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration:
+            # media are encoded once, in the prefill step; decoding steps carry only new text tokens
+            for key in ("pixel_values", "pixel_values_videos", "input_features", "feature_attention_mask"):
+                model_inputs[key] = None
+        return model_inputs
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # Text-only prompts: Qwen3's 1-D positions (from the attention mask, so left padding works). Prompts with
+        # images/videos: Qwen3-VL's 4-row [text; t; h; w] ids, which generate() then extends one step at a time.
+        text_positions = super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+        input_ids = model_kwargs.get("input_ids", inputs_tensor)
+        has_grid = model_kwargs.get("image_grid_thw") is not None or model_kwargs.get("video_grid_thw") is not None
+        if not has_grid or input_ids.ndim != 2:
+            return text_positions
+        mrope, self.model.rope_deltas = self.model.get_rope_index(
+            input_ids, model_kwargs.get("image_grid_thw"), model_kwargs.get("video_grid_thw"),
+            model_kwargs.get("attention_mask"),
+        )
+        return torch.cat([text_positions[None], mrope])
+
+
+class Qwen3MultimodalForSequenceClassification(GenericForSequenceClassification, Qwen3MultimodalPreTrainedModel):
+    """Score head on the last non-padding token, as transformers' Qwen3ForSequenceClassification."""
+
+    def __init__(self, config):
+        # GenericForSequenceClassification reads the label count and hidden size from the top-level config
+        config.hidden_size = config.text_config.hidden_size
+        super().__init__(config)
+
+
+__all__ = [
+    "Qwen3MultimodalPreTrainedModel",
+    "Qwen3MultimodalModel",
+    "Qwen3MultimodalForConditionalGeneration",
+    "Qwen3MultimodalForSequenceClassification",
+]

@@ -1,0 +1,186 @@
+"""Hub layout, import/init round trips through a clean process, the remote-code import scanner, and bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_clean_python
+from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers.dynamic_module_utils import get_imports
+
+from transformers_qwen3.checkpoint import CheckpointError, expected_shapes, import_checkpoint, init_checkpoint
+from transformers_qwen3.configuration_qwen3_multimodal import Qwen3MultimodalConfig
+from transformers_qwen3.hub import HUB_FILES, PACKAGE_DIR
+from transformers_qwen3.presets import preset_config
+
+NATIVE = dict(
+    vocab_size=151936, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, initializer_range=0.1,
+)
+
+
+@pytest.fixture(scope="module")
+def native_folder(tmp_path_factory):
+    """A native Qwen3 checkpoint saved in two shards, its config.json rewritten in the Qwen release format."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("native")
+    model = Qwen3ForCausalLM(Qwen3Config(**NATIVE))
+    model.save_pretrained(folder, max_shard_size="25MB")
+    config = json.loads((folder / "config.json").read_text())
+    # the format the real Qwen/Qwen3-* repositories ship: top-level rope_theta / rope_scaling / torch_dtype
+    rope = config.pop("rope_parameters")
+    config.update(rope_theta=rope["rope_theta"], rope_scaling=None, torch_dtype=str(config.pop("dtype", "float32")))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+PROMPT = [[14990, 1879, 11, 1052, 374, 264, 1273, 13]]
+
+
+def native_logits(folder):
+    model = Qwen3ForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(torch.tensor(PROMPT)).logits
+
+
+def clean_logits(folder, tmp_path):
+    code = f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+torch.set_num_threads(1)
+model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith('transformers_modules'), type(model).__module__
+tok = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)
+assert type(tok).__name__ == 'Qwen3MultimodalTokenizer', type(tok)
+with torch.no_grad():
+    torch.save(model(torch.tensor({PROMPT})).logits, {str(tmp_path / 'logits.pt')!r})
+"""
+    run_clean_python(code, cwd=tmp_path)
+    return torch.load(tmp_path / "logits.pt")
+
+
+def test_import_then_clean_process_load_gives_native_logits(native_folder, tmp_path, qwen3_tokenizer):
+    dst = tmp_path / "ours"
+    import_checkpoint(native_folder, dst, tokenizer=qwen3_tokenizer)
+    config = json.loads((dst / "config.json").read_text())
+    assert config["model_type"] == "qwen3_multimodal"
+    assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"} <= set(config["auto_map"])
+    assert all((dst / name).is_file() for name in HUB_FILES)
+    got = clean_logits(dst, tmp_path)
+    expected = native_logits(native_folder)
+    assert (got - expected).abs().max().item() <= 1e-6
+
+
+def test_init_writes_shards_that_reload(tmp_path, qwen3_tokenizer):
+    dst = tmp_path / "tiny"
+    init_checkpoint(dst, "tiny", seed=3, tokenizer=qwen3_tokenizer, shard_bytes=8 * 1024**2)
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    config = Qwen3MultimodalConfig(**preset_config("tiny"))
+    assert set(index["weight_map"]) == set(expected_shapes(config))
+    logits = clean_logits(dst, tmp_path)
+    assert torch.isfinite(logits).all() and logits.std() > 0
+    # the same seed gives the same weights
+    init_checkpoint(tmp_path / "again", "tiny", seed=3, tokenizer=None, shard_bytes=8 * 1024**2)
+    for name in set(index["weight_map"].values()):
+        assert (dst / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "preset, params",
+    [("0.6b", 0.596e9), ("1.7b", 1.72e9), ("4b", 4.02e9), ("8b", 8.19e9)],
+)
+def test_presets_have_the_real_qwen3_sizes(preset, params):
+    shapes = expected_shapes(Qwen3MultimodalConfig(**preset_config(preset)))
+    total = sum(torch.Size(s).numel() for s in shapes.values())
+    assert abs(total - params) / params < 0.01, f"{preset}: {total / 1e9:.3f} B parameters"
+
+
+@pytest.mark.parametrize("name", HUB_FILES)
+def test_hub_files_import_only_what_remote_code_allows(name):
+    # transformers' own scanner: the imports it finds must be installed packages it can check (torch, transformers)
+    # or the standard library; sibling files are imported relatively and flat.
+    import sys
+
+    found = set(get_imports(PACKAGE_DIR / name))
+    allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
+    assert found <= allowed, f"{name} imports {sorted(found - allowed)}"
+    text = (PACKAGE_DIR / name).read_text()
+    assert "transformers_qwen3" not in text.replace("`transformers_qwen3", "")
+    for line in text.splitlines():
+        if line.startswith("from ."):
+            assert line.split()[1].count(".") == 1, f"{name}: relative import must be flat: {line}"
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------------
+
+
+def copy_native(native_folder, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(native_folder, src)
+    return src
+
+
+def shards_of(folder):
+    return sorted(Path(folder).glob("model-*.safetensors"))
+
+
+def expect_error(src, dst, *needles):
+    with pytest.raises(CheckpointError) as info:
+        import_checkpoint(src, dst)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+    assert not dst.exists() and not list(dst.parent.glob(f".{dst.name}.*")), "DST left half-written"
+
+
+def test_import_rejects_non_qwen3(native_folder, tmp_path):
+    src = copy_native(native_folder, tmp_path)
+    config = json.loads((src / "config.json").read_text())
+    config["model_type"] = "llama"
+    (src / "config.json").write_text(json.dumps(config))
+    expect_error(src, tmp_path / "dst", "config.json", "'llama'", "qwen3")
+
+
+def test_import_rejects_missing_shard(native_folder, tmp_path):
+    src = copy_native(native_folder, tmp_path)
+    missing = shards_of(src)[-1]
+    missing.unlink()
+    expect_error(src, tmp_path / "dst", missing.name, "missing")
+
+
+def test_import_rejects_wrong_shape(native_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = copy_native(native_folder, tmp_path)
+    shard = next(s for s in shards_of(src) if any(k.endswith("q_proj.weight") for k in load_file(s)))
+    tensors = load_file(shard)
+    key = next(k for k in tensors if k.endswith("q_proj.weight"))
+    tensors[key] = tensors[key][:-1]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    expect_error(src, tmp_path / "dst", shard.name, key, "expected")
+
+
+def test_import_rejects_truncated_file(native_folder, tmp_path):
+    src = copy_native(native_folder, tmp_path)
+    shard = shards_of(src)[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    expect_error(src, tmp_path / "dst", shard.name, "truncated")
+
+
+def test_existing_destination_needs_force(native_folder, tmp_path):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    with pytest.raises(FileExistsError, match="--force"):
+        import_checkpoint(native_folder, dst)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from transformers_qwen3.cli import main
+
+    code = main(["import", str(tmp_path / "nowhere"), str(tmp_path / "dst")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "config.json not found" in err
+    assert REPO.is_dir()
