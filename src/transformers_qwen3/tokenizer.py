@@ -27,11 +27,6 @@ from .processing_qwen3_multimodal import Qwen3MultimodalTokenizer
 QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 NUM_BPE_RANKS = 151643
 
-# Qwen's pre-tokenizer regex (Qwen 1-3, and transformers' Qwen2Tokenizer): digits split one by one.
-QWEN_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-
 # (id, content, special) for every added token. 151643-151668: Qwen3's tokenizer_config.json added_tokens_decoder
 # (tool/FIM/think markers are special=False: they survive `skip_special_tokens`). 151669-151675: Qwen3-Omni's audio
 # and TTS tokens; without them `<|audio_pad|>` would not be 151675.
@@ -154,7 +149,8 @@ def _build_cached() -> Qwen3MultimodalTokenizer:
             raise RuntimeError(f"added token {content!r} should be id {token_id} special={special}, got {got!r}")
     if len(tokenizer) != NUM_BPE_RANKS + len(ADDED_TOKENS):
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {NUM_BPE_RANKS + len(ADDED_TOKENS)}")
-    # `save_pretrained` then copies processing_qwen3_multimodal.py and writes tokenizer_config.json's auto_map.
+    # `save_pretrained` then copies processing_qwen3_multimodal.py beside tokenizer.json and writes the AutoTokenizer
+    # auto_map, so the folder loads with trust_remote_code where this package is not installed.
     Qwen3MultimodalTokenizer.register_for_auto_class("AutoTokenizer")
     return tokenizer
 
@@ -168,15 +164,4 @@ def build_qwen3_tokenizer() -> Qwen3MultimodalTokenizer:
     return _build_cached()
 
 
-def save_tokenizer(tokenizer: Qwen3MultimodalTokenizer, folder: str | os.PathLike) -> list[str]:
-    """Write tokenizer.json, tokenizer_config.json (with the AutoTokenizer auto_map), chat_template.jinja and
-    processing_qwen3_multimodal.py into `folder`, loadable with `AutoTokenizer.from_pretrained(folder,
-    trust_remote_code=True)` where `transformers_qwen3` is not installed.
-
-    `folder` is meant to be the exporter's staging folder (written, then renamed into place as a whole).
-    """
-    type(tokenizer).register_for_auto_class("AutoTokenizer")
-    return [str(p) for p in tokenizer.save_pretrained(str(folder))]
-
-
-__all__ = ["ADDED_TOKENS", "build_qwen3_tokenizer", "load_qwen_ranks", "save_tokenizer"]
+__all__ = ["ADDED_TOKENS", "build_qwen3_tokenizer", "load_qwen_ranks"]
