@@ -9,6 +9,7 @@
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -77,6 +78,56 @@ def _owner_init(model):
     return owners
 
 
+def write_shards(folder: Path, tensors, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write ``(name, tensor)`` pairs as safetensors shards of at most ``shard_bytes`` (+ index when several),
+    consuming the iterator lazily so only one shard is held at a time."""
+    shards, current, current_bytes, total = [], {}, 0, 0
+
+    def flush():
+        nonlocal current, current_bytes
+        if current:
+            name = f"shard-{len(shards):05d}.safetensors"
+            save_file(current, folder / name, metadata={"format": "pt"})
+            shards.append((name, list(current)))
+            current, current_bytes = {}, 0
+
+    for name, tensor in tensors:
+        if current_bytes and current_bytes + tensor.nbytes > shard_bytes:
+            flush()
+        current[name] = tensor.detach().contiguous()
+        current_bytes += tensor.nbytes
+        total += tensor.nbytes
+    flush()
+    if len(shards) == 1:
+        (folder / shards[0][0]).rename(folder / "model.safetensors")
+        return
+    weight_map = {}
+    for i, (name, keys) in enumerate(shards):
+        final = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        (folder / name).rename(folder / final)
+        weight_map.update(dict.fromkeys(keys, final))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _initialised_tensors(model, owners, dtype, skip):
+    """Materialise one module at a time, initialise it with its owner's ``_init_weights``, yield its tensors,
+    then send it back to the meta device."""
+    for module_name, module in model.named_modules():
+        persistent = [k for k in module._buffers if k not in module._non_persistent_buffers_set]
+        if not any(v is not None for v in module._parameters.values()) and not persistent:
+            continue
+        module.to_empty(device="cpu", recurse=False)
+        module.to(dtype)
+        with torch.no_grad():
+            owners[module]._init_weights(module)
+        for key, tensor in list(module._parameters.items()) + [(k, module._buffers[k]) for k in persistent]:
+            full = f"{module_name}.{key}" if module_name else key
+            if tensor is not None and full not in skip:
+                yield full, tensor
+        module.to("meta")  # free it: the next shard must not hold this one
+
+
 def init_checkpoint(dst, preset: str, seed: int = 0, dtype: torch.dtype | None = None, tokenizer=None,
                     force: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
     """Write a randomly initialised checkpoint of ``preset`` to ``dst`` (bf16 by default except ``tiny``)."""
@@ -89,47 +140,7 @@ def init_checkpoint(dst, preset: str, seed: int = 0, dtype: torch.dtype | None =
     skip = {"lm_head.weight"} if config.tie_word_embeddings else set()
 
     with atomic_folder(dst, force=force) as tmp:
-        shards, current, current_bytes, total = [], {}, 0, 0
-
-        def flush():
-            nonlocal current, current_bytes
-            if current:
-                name = f"shard-{len(shards):05d}.safetensors"
-                save_file(current, tmp / name, metadata={"format": "pt"})
-                shards.append((name, list(current)))
-                current, current_bytes = {}, 0
-
-        for module_name, module in model.named_modules():
-            own = {**module._parameters, **{k: v for k, v in module._buffers.items()
-                                            if k not in module._non_persistent_buffers_set}}
-            if not any(v is not None for v in own.values()):
-                continue
-            module.to_empty(device="cpu", recurse=False)
-            module.to(dtype)
-            with torch.no_grad():
-                owners[module]._init_weights(module)
-            for key, tensor in list(module._parameters.items()) + list(module._buffers.items()):
-                full = f"{module_name}.{key}" if module_name else key
-                if tensor is None or full in skip or key in module._non_persistent_buffers_set:
-                    continue
-                if current_bytes and current_bytes + tensor.nbytes > shard_bytes:
-                    flush()
-                current[full] = tensor.detach().contiguous()
-                current_bytes += tensor.nbytes
-                total += tensor.nbytes
-            module.to("meta")  # free it: the next shard must not hold this one
-        flush()
-
-        weight_map = {}
-        if len(shards) == 1:
-            (tmp / shards[0][0]).rename(tmp / "model.safetensors")
-        else:
-            for i, (name, keys) in enumerate(shards):
-                final = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                (tmp / name).rename(tmp / final)
-                weight_map.update(dict.fromkeys(keys, final))
-            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        write_shards(tmp, _initialised_tensors(model, owners, dtype, skip), shard_bytes)
         _write_common(tmp, config, tokenizer)
     return Path(dst)
 
@@ -137,20 +148,54 @@ def init_checkpoint(dst, preset: str, seed: int = 0, dtype: torch.dtype | None =
 # ---- import --------------------------------------------------------------------------------------------------------
 
 
-def read_native_config(src: Path) -> dict:
+def read_config_json(src: Path) -> dict:
     path = src / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{path} not found: `import` takes a folder holding a native Qwen3 checkpoint.")
+        raise CheckpointError(f"{path} not found: `import` takes a folder holding a Qwen3 or Qwen3-VL checkpoint.")
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}).") from err
-    if raw.get("model_type") != "qwen3":
+
+
+def _strip(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in NON_MODEL_KEYS | {"dtype", "torch_dtype"}}
+
+
+def qwen3_config(raw: dict) -> Qwen3MultimodalConfig:
+    """A native Qwen3 config.json (release format or transformers 5's) as our text-only config."""
+    return Qwen3MultimodalConfig(text_config=_strip(raw), tie_word_embeddings=raw.get("tie_word_embeddings", False))
+
+
+def qwen3_vl_config(raw: dict) -> Qwen3MultimodalConfig:
+    """A native Qwen3-VL config.json. The release format keeps rope as ``rope_scaling`` (with ``mrope_section``)
+    plus ``rope_theta`` inside text_config; our text config converts that legacy form like Qwen3's does."""
+    token_ids = {k: raw[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                     "vision_end_token_id") if k in raw}
+    text = _strip(raw["text_config"])
+    return Qwen3MultimodalConfig(
+        text_config=text, vision_config=_strip(raw["vision_config"]),
+        tie_word_embeddings=raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False)), **token_ids,
+    )
+
+
+def omni_audio_config(raw: dict) -> dict:
+    """The audio encoder config of a native Qwen3-Omni config.json (nested under thinker_config)."""
+    thinker = raw.get("thinker_config") or {}
+    if raw.get("model_type") != "qwen3_omni_moe" or "audio_config" not in thinker:
         raise CheckpointError(
-            f"{path} has model_type {raw.get('model_type')!r}; `import` takes a native Qwen3 checkpoint "
-            f"(model_type 'qwen3', as written by Qwen3ForCausalLM). Supported: qwen3."
+            f"--audio-from takes a Qwen3-Omni checkpoint (model_type 'qwen3_omni_moe' with "
+            f"thinker_config.audio_config); got model_type {raw.get('model_type')!r}."
         )
-    return raw
+    return _strip(thinker["audio_config"])
+
+
+# model_type of the source -> (our config from its config.json, key renames applied by transformers while loading)
+IMPORTERS = {
+    "qwen3": (qwen3_config, None),
+    # Qwen3-VL keeps the decoder under model.language_model.; ours is flat like Qwen3ForCausalLM
+    "qwen3_vl": (qwen3_vl_config, {r"^model\.language_model\.": "model."}),
+}
 
 
 def source_shards(src: Path) -> list[Path]:
@@ -168,17 +213,27 @@ def source_shards(src: Path) -> list[Path]:
     return shards
 
 
-def check_shards(shards: list[Path], expected: dict[str, tuple[int, ...]]) -> None:
-    """Open every shard's header (safetensors validates that the data region is complete) and check names/shapes."""
+def check_shards(shards: list[Path], expected: dict[str, tuple[int, ...]], key_mapping=None,
+                 partial: bool = False) -> None:
+    """Open every shard's header (safetensors validates that the data region is complete) and check names/shapes.
+
+    ``partial``: the shards hold a larger model (Qwen3-Omni) and only the expected tensors are taken from it.
+    """
     seen = set()
     for shard in shards:
         try:
             with safe_open(shard, framework="pt") as f:
-                for key in f.keys():
-                    shape = tuple(f.get_slice(key).get_shape())
+                for stored in f.keys():
+                    shape = tuple(f.get_slice(stored).get_shape())
+                    # the same regex renames transformers applies when loading with key_mapping
+                    key = stored
+                    for pattern, replacement in (key_mapping or {}).items():
+                        key = re.sub(pattern, replacement, key)
                     if key == "lm_head.weight" and key not in expected:
                         continue  # some tied checkpoints still store the (identical) output matrix
                     if key not in expected:
+                        if partial:
+                            continue
                         raise CheckpointError(
                             f"{shard.name}: unexpected tensor {key!r}; a Qwen3 checkpoint of this config has no "
                             f"such parameter."
@@ -199,21 +254,84 @@ def check_shards(shards: list[Path], expected: dict[str, tuple[int, ...]]) -> No
         raise CheckpointError(f"The checkpoint lacks tensors: {', '.join(missing[:5])}{more}.")
 
 
-def import_checkpoint(src, dst, tokenizer=None, force: bool = False) -> Path:
-    """Import a native Qwen3 folder (config.json in the Qwen release format or transformers 5's) into our layout."""
+def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=None) -> Path:
+    """Import a native Qwen3 or Qwen3-VL folder into our layout (optionally with Qwen3-Omni's audio tower).
+
+    Text-only Qwen3: every shard's header is checked against the expected names and shapes, then the shards are
+    copied byte for byte (our keys are Qwen3's). Qwen3-VL, or any import that adds an audio tower, goes through
+    ``from_pretrained`` with transformers' key mapping, holding the model once in its stored dtype.
+    """
     src = Path(src)
-    raw = read_native_config(src)
-    text = {k: v for k, v in raw.items() if k not in NON_MODEL_KEYS}
-    dtype = text.pop("dtype", None) or text.pop("torch_dtype", None)
-    text.pop("torch_dtype", None)
-    config = Qwen3MultimodalConfig(text_config=text, tie_word_embeddings=raw.get("tie_word_embeddings", False))
-    config.dtype = dtype
+    raw = read_config_json(src)
+    model_type = raw.get("model_type")
+    if model_type not in IMPORTERS:
+        raise CheckpointError(
+            f"{src / 'config.json'} has model_type {model_type!r}; `import` supports: {', '.join(IMPORTERS)} "
+            f"(native Qwen3ForCausalLM and Qwen3VLForConditionalGeneration checkpoints)."
+        )
+    make_config, key_mapping = IMPORTERS[model_type]
+    config = make_config(raw)
     shards = source_shards(src)
-    check_shards(shards, expected_shapes(config))
+    omni_shards = []
+    if audio_from is not None:
+        audio_from = Path(audio_from)
+        audio = omni_audio_config(read_config_json(audio_from))
+        if audio.get("output_dim") != config.text_config.hidden_size:
+            raise CheckpointError(
+                f"{audio_from}: the audio tower projects to {audio.get('output_dim')} but the decoder's hidden size "
+                f"is {config.text_config.hidden_size}; take the audio tower from a Qwen3-Omni whose thinker "
+                f"matches this decoder's width."
+            )
+        config = Qwen3MultimodalConfig(**{**config.to_dict(), "audio_config": audio})
+        omni_shards = source_shards(audio_from)
+    expected = expected_shapes(config)
+    check_shards(shards, {k: v for k, v in expected.items() if not k.startswith("model.audio_tower.")},
+                 key_mapping)
+    if omni_shards:
+        check_shards(omni_shards, {k.replace("model.audio_tower.", OMNI_AUDIO_PREFIX, 1): v
+                                   for k, v in expected.items() if k.startswith("model.audio_tower.")}, None,
+                     partial=True)
+    dtype = stored_dtype(shards[0])  # keep the tensors as stored, whatever config.json claims
+    config.dtype = dtype
+
     with atomic_folder(dst, force=force) as tmp:
-        for shard in shards:
-            shutil.copyfile(shard, tmp / shard.name)
-        if (src / INDEX_NAME).is_file():
-            shutil.copyfile(src / INDEX_NAME, tmp / INDEX_NAME)
-        _write_common(tmp, config, tokenizer)
+        if key_mapping is None and not omni_shards:
+            for shard in shards:
+                shutil.copyfile(shard, tmp / shard.name)
+            if (src / INDEX_NAME).is_file():
+                shutil.copyfile(src / INDEX_NAME, tmp / INDEX_NAME)
+            _write_common(tmp, config, tokenizer)
+        else:
+            model = Qwen3MultimodalForConditionalGeneration.from_pretrained(
+                src, config=config, key_mapping=key_mapping, dtype=dtype,
+            )
+            if omni_shards:
+                model.model.audio_tower.load_state_dict(read_prefixed(omni_shards, OMNI_AUDIO_PREFIX), strict=True)
+            # not save_pretrained: it would reverse the key mapping and write Qwen3-VL's names back
+            tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+            write_shards(tmp, ((k, v) for k, v in model.state_dict().items() if k not in tied))
+            _write_common(tmp, config, tokenizer)
     return Path(dst)
+
+
+OMNI_AUDIO_PREFIX = "thinker.audio_tower."
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def stored_dtype(shard: Path) -> torch.dtype:
+    """The dtype the checkpoint's tensors are stored in (read from the header; no tensor is loaded)."""
+    with safe_open(shard, framework="pt") as f:
+        return SAFETENSORS_DTYPES.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)
+
+
+def read_prefixed(shards: list[Path], prefix: str) -> dict:
+    """Only the tensors under ``prefix`` (e.g. the Omni audio tower out of a 30B checkpoint), prefix removed."""
+    out = {}
+    for shard in shards:
+        with safe_open(shard, framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(prefix):
+                    out[key[len(prefix):]] = f.get_tensor(key)
+    return out

@@ -37,15 +37,17 @@ class Init:
 class Import:
     @staticmethod
     def add_arguments(parser):
-        parser.add_argument("src", type=Path, help="native Qwen3 checkpoint folder")
+        parser.add_argument("src", type=Path, help="native Qwen3 or Qwen3-VL checkpoint folder")
         parser.add_argument("dst", type=Path, help="folder to create in our Hub layout")
+        parser.add_argument("--audio-from", type=Path, metavar="OMNI_SRC",
+                            help="take the audio tower from this native Qwen3-Omni checkpoint")
         parser.add_argument("--force", action="store_true", help="replace DST if it exists")
 
     @staticmethod
     def run(args):
         from .checkpoint import import_checkpoint
 
-        import_checkpoint(args.src, args.dst, tokenizer=_tokenizer(), force=args.force)
+        import_checkpoint(args.src, args.dst, tokenizer=_tokenizer(), force=args.force, audio_from=args.audio_from)
         print(f"imported {args.src} -> {args.dst}")
         return 0
 

@@ -324,8 +324,6 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
 class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
-    # Qwen3-VL checkpoints keep the decoder under `model.language_model.`; loading one maps it onto our layout
-    _checkpoint_conversion_mapping = {r"^model\.language_model\.": "model."}
 
     def __init__(self, config: Qwen3MultimodalConfig):
         super().__init__(config)
