@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
+    AutoProcessor,
     AutoTokenizer,
 )
 
@@ -21,7 +22,7 @@ from .modeling_qwen3_multimodal import (
     Qwen3MultimodalModel,
     Qwen3MultimodalPreTrainedModel,
 )
-from .processing_qwen3_multimodal import Qwen3MultimodalTokenizer
+from .processing_qwen3_multimodal import MediaError, MediaPolicy, Qwen3MultimodalProcessor, Qwen3MultimodalTokenizer
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ AutoModelForSequenceClassification.register(
     Qwen3MultimodalConfig, Qwen3MultimodalForSequenceClassification, exist_ok=True
 )
 AutoTokenizer.register(Qwen3MultimodalConfig, fast_tokenizer_class=Qwen3MultimodalTokenizer, exist_ok=True)
+AutoProcessor.register(Qwen3MultimodalConfig, Qwen3MultimodalProcessor, exist_ok=True)
 
 __all__ = [
     "Qwen3MultimodalConfig",
@@ -43,4 +45,17 @@ __all__ = [
     "Qwen3MultimodalForConditionalGeneration",
     "Qwen3MultimodalForSequenceClassification",
     "Qwen3MultimodalTokenizer",
+    "Qwen3MultimodalProcessor",
+    "MediaError",
+    "MediaPolicy",
+    "Pipeline",
 ]
+
+
+def __getattr__(name):
+    # The Pipeline (generation threads, streaming) loads on first use only.
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
-from .hub import atomic_folder, copy_code_files, save_tokenizer, set_auto_map
+from .hub import atomic_folder, copy_code_files, save_preprocessing, set_auto_map
 from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 from .presets import preset_config
 
@@ -56,8 +56,7 @@ def _write_common(folder: Path, config, tokenizer) -> None:
         eos_token_id=[151645, 151643],  # <|im_end|>, <|endoftext|> as Qwen3's generation_config.json
         pad_token_id=151643,
     ).save_pretrained(folder)
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, folder)
+    save_preprocessing(config, tokenizer, folder)
     copy_code_files(folder)
 
 

@@ -26,6 +26,7 @@ MODEL_AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_qwen3_multimodal.Qwen3MultimodalForSequenceClassification",
 }
 TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "processing_qwen3_multimodal.Qwen3MultimodalTokenizer"]}
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_qwen3_multimodal.Qwen3MultimodalProcessor"}
 
 
 @contextlib.contextmanager
@@ -68,12 +69,44 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def save_hub_folder(model, tokenizer, dst: Path, force: bool = False, max_shard_size="2GB") -> Path:
-    """Save ``model`` (+ ``tokenizer``) in our Hub layout at ``dst``, atomically."""
+def save_processor(processor, folder: Path) -> None:
+    """processor_config.json (image processor + feature extractor + video settings) with its AutoProcessor entry,
+    and the tokenizer it holds."""
+    processor.save_pretrained(folder)
+    path = Path(folder) / "processor_config.json"
+    data = json.loads(path.read_text())
+    data["auto_map"] = PROCESSOR_AUTO_MAP
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    save_tokenizer(processor.tokenizer, folder)
+
+
+def default_processor(config, tokenizer):
+    """A processor matching ``config``'s towers (``None`` for a text-only model)."""
+    if config.vision_config is None and config.audio_config is None:
+        return None
+    from .processing_qwen3_multimodal import Qwen3MultimodalProcessor
+
+    n_window = config.audio_config.n_window if config.audio_config is not None else 50
+    return Qwen3MultimodalProcessor(tokenizer=tokenizer, n_window=n_window)
+
+
+def save_hub_folder(model, tokenizer, dst: Path, force: bool = False, max_shard_size="2GB", processor=None) -> Path:
+    """Save ``model`` (+ ``tokenizer``, + a processor for models with a vision or audio tower) in our Hub layout at
+    ``dst``, atomically. Without ``processor``, a multimodal model gets the default one built on ``tokenizer``."""
     with atomic_folder(dst, force=force) as tmp:
         set_auto_map(model.config)
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp)
+        save_preprocessing(model.config, tokenizer, tmp, processor)
         copy_code_files(tmp)
     return Path(dst)
+
+
+def save_preprocessing(config, tokenizer, folder: Path, processor=None) -> None:
+    """Tokenizer files, plus processor files for a model with a vision or audio tower (the default processor on
+    ``tokenizer`` unless one is given)."""
+    if processor is None and tokenizer is not None:
+        processor = default_processor(config, tokenizer)
+    if processor is not None:
+        save_processor(processor, folder)
+    elif tokenizer is not None:
+        save_tokenizer(tokenizer, folder)
