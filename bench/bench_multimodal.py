@@ -40,9 +40,15 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    text = {**text_config("0.6b"),
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
-                                "mrope_interleaved": True}}
+    text = {
+        **text_config("0.6b"),
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    }
     vision = vision_config(*VISION_SHAPES["2b"], out_hidden=text["hidden_size"])
     audio = {**OMNI_AUDIO, "output_dim": text["hidden_size"]}
     native_vl = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision)).eval()
@@ -61,35 +67,48 @@ def main(argv=None):
     types = (ids == 151655).int()
     rounds = []
     for _ in range(args.rounds):
-        rounds.append((
-            timed(lambda: native_vl(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types),
-                  1),
-            timed(lambda: ours(input_ids=ids, pixel_values=pixels, image_grid_thw=grid), 1),
-        ))
+        rounds.append(
+            (
+                timed(
+                    lambda: native_vl(
+                        input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types
+                    ),
+                    1,
+                ),
+                timed(lambda: ours(input_ids=ids, pixel_values=pixels, image_grid_thw=grid), 1),
+            )
+        )
     vision_native = statistics.median(r[0] for r in rounds)
     vision_ours = statistics.median(r[1] for r in rounds)
 
     t = np.arange(16000 * 10) / 16000
     wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    feats = WhisperFeatureExtractor(feature_size=128)(wave, sampling_rate=16000, return_attention_mask=True,
-                                                      return_tensors="pt")
+    feats = WhisperFeatureExtractor(feature_size=128)(
+        wave, sampling_rate=16000, return_attention_mask=True, return_tensors="pt"
+    )
     features, mask = feats["input_features"], feats["attention_mask"]
     flat = features.permute(0, 2, 1)[mask.bool()].permute(1, 0)
     rounds = []
     for _ in range(args.rounds):
-        rounds.append((
-            timed(lambda: native_audio(flat, feature_lens=mask.sum(-1)), 1),
-            timed(lambda: ours.model.get_audio_features(features, mask), 1),
-        ))
+        rounds.append(
+            (
+                timed(lambda: native_audio(flat, feature_lens=mask.sum(-1)), 1),
+                timed(lambda: ours.model.get_audio_features(features, mask), 1),
+            )
+        )
     audio_native = statistics.median(r[0] for r in rounds)
     audio_ours = statistics.median(r[1] for r in rounds)
 
     print("| workload | native s | ours s | speed ratio (native/ours) |")
     print("|---|---|---|---|")
-    print(f"| vision tower + prefill, 448x448 image (196 tokens + 10 text) | {vision_native:.3f} | {vision_ours:.3f} "
-          f"| {vision_native / vision_ours:.3f} |")
-    print(f"| audio tower, 10 s clip ({int(mask.sum())} frames) | {audio_native:.3f} | {audio_ours:.3f} "
-          f"| {audio_native / audio_ours:.3f} |")
+    print(
+        f"| vision tower + prefill, 448x448 image (196 tokens + 10 text) | {vision_native:.3f} | {vision_ours:.3f} "
+        f"| {vision_native / vision_ours:.3f} |"
+    )
+    print(
+        f"| audio tower, 10 s clip ({int(mask.sum())} frames) | {audio_native:.3f} | {audio_ours:.3f} "
+        f"| {audio_native / audio_ours:.3f} |"
+    )
 
 
 if __name__ == "__main__":

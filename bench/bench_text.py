@@ -63,8 +63,10 @@ def main(argv=None):
         med = {k: (statistics.median(p for p, _ in v), statistics.median(d for _, d in v)) for k, v in results.items()}
         rows.append((str(dtype).removeprefix("torch."), med, same))
         del native, ours
-    print(f"| dtype | native prefill tok/s | ours prefill tok/s | prefill ratio | native decode tok/s | "
-          f"ours decode tok/s | decode ratio | same tokens |")
+    print(
+        "| dtype | native prefill tok/s | ours prefill tok/s | prefill ratio | native decode tok/s | "
+        "ours decode tok/s | decode ratio | same tokens |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for dtype, med, same in rows:
         (np_, nd), (op, od) = med["native"], med["ours"]

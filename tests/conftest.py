@@ -26,7 +26,9 @@ def run_clean_python(code: str, cwd: Path, timeout: int = 300) -> str:
     env["HF_HUB_OFFLINE"] = "1"
     env["OMP_NUM_THREADS"] = "1"
     # -I: isolated mode, ignores PYTHONPATH and the user site; -S would also drop site-packages, which we need.
-    check = "import importlib.util, sys; assert importlib.util.find_spec('transformers_qwen3') is None or sys.exit(3)\n"
+    check = (
+        "import importlib.util, sys; assert importlib.util.find_spec('transformers_qwen3') is None or sys.exit(3)\n"
+    )
     # An editable install puts our src on sys.path through a .pth hook; drop any entry that exposes the package.
     prelude = (
         "import sys\n"
@@ -35,7 +37,11 @@ def run_clean_python(code: str, cwd: Path, timeout: int = 300) -> str:
     )
     proc = subprocess.run(
         [sys.executable, "-I", "-c", prelude + check + code],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise AssertionError(f"clean subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")

@@ -16,8 +16,15 @@ from transformers_qwen3.hub import HUB_FILES, PACKAGE_DIR
 from transformers_qwen3.presets import preset_config
 
 NATIVE = dict(
-    vocab_size=151936, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, initializer_range=0.1,
+    vocab_size=151936,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    tie_word_embeddings=False,
+    initializer_range=0.1,
 )
 
 
@@ -55,7 +62,7 @@ assert type(model).__module__.startswith('transformers_modules'), type(model).__
 tok = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)
 assert type(tok).__name__ == 'Qwen3MultimodalTokenizer', type(tok)
 with torch.no_grad():
-    torch.save(model(torch.tensor({PROMPT})).logits, {str(tmp_path / 'logits.pt')!r})
+    torch.save(model(torch.tensor({PROMPT})).logits, {str(tmp_path / "logits.pt")!r})
 """
     run_clean_python(code, cwd=tmp_path)
     return torch.load(tmp_path / "logits.pt")
@@ -66,7 +73,9 @@ def test_import_then_clean_process_load_gives_native_logits(native_folder, tmp_p
     import_checkpoint(native_folder, dst, tokenizer=qwen3_tokenizer)
     config = json.loads((dst / "config.json").read_text())
     assert config["model_type"] == "qwen3_multimodal"
-    assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"} <= set(config["auto_map"])
+    assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"} <= set(
+        config["auto_map"]
+    )
     assert all((dst / name).is_file() for name in HUB_FILES)
     got = clean_logits(dst, tmp_path)
     expected = native_logits(native_folder)

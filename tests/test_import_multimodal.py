@@ -68,8 +68,10 @@ def test_qwen3_vl_import_matches_native(vl_folder, omni_folder, tmp_path):
         assert (got - expected).abs().max().item() <= 1e-5
         features = torch.randn(128, 250, generator=torch.Generator().manual_seed(2))
         lens = torch.tensor([250])
-        assert torch.equal(ours.model.audio_tower(features, feature_lens=lens).last_hidden_state,
-                           encoder(features, feature_lens=lens).last_hidden_state)
+        assert torch.equal(
+            ours.model.audio_tower(features, feature_lens=lens).last_hidden_state,
+            encoder(features, feature_lens=lens).last_hidden_state,
+        )
 
 
 def test_audio_tower_width_must_match_decoder(vl_folder, tmp_path):

@@ -21,17 +21,38 @@ from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditio
 IMAGE, VIDEO, AUDIO = 151655, 151656, 151675
 V_START, V_END, A_START, A_END = 151652, 151653, 151669, 151670
 TEXT = dict(
-    vocab_size=151936, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, initializer_range=0.05,
+    vocab_size=151936,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    initializer_range=0.05,
     rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3], mrope_interleaved=True),
 )
 VISION = dict(
-    depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
-    spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 2],
+    depth=3,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=64,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=64,
+    deepstack_visual_indexes=[0, 2],
 )
 AUDIO_CFG = dict(
-    num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32, output_dim=64,
-    downsample_hidden_size=16, n_window=50, n_window_infer=800,
+    num_mel_bins=128,
+    encoder_layers=2,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    d_model=32,
+    output_dim=64,
+    downsample_hidden_size=16,
+    n_window=50,
+    n_window_infer=800,
 )
 
 
@@ -136,8 +157,8 @@ def test_padded_batch_mixing_media_matches_native(vl_pair):
     width = max(la, lb)
     ids = torch.zeros(2, width, dtype=torch.long)
     mask = torch.zeros(2, width, dtype=torch.long)
-    ids[0, width - la:], mask[0, width - la:] = a["input_ids"][0], 1  # left padding
-    ids[1, width - lb:], mask[1, width - lb:] = b["input_ids"][0], 1
+    ids[0, width - la :], mask[0, width - la :] = a["input_ids"][0], 1  # left padding
+    ids[1, width - lb :], mask[1, width - lb :] = b["input_ids"][0], 1
     inputs = {
         "input_ids": ids,
         "attention_mask": mask,
@@ -151,8 +172,8 @@ def test_padded_batch_mixing_media_matches_native(vl_pair):
         single = ours(**a).logits[0]
         native_batch = native_logits(native, inputs)
         native_single = native_logits(native, a)[0]
-    spread = (native_batch[0, width - la:] - native_single).abs().max().item()
-    assert (batch[0, width - la:] - single).abs().max().item() <= max(1e-5, 2 * spread), diff
+    spread = (native_batch[0, width - la :] - native_single).abs().max().item()
+    assert (batch[0, width - la :] - single).abs().max().item() <= max(1e-5, 2 * spread), diff
 
 
 def test_generation_with_image_matches_native(vl_pair):
@@ -199,8 +220,9 @@ def features():
 def test_audio_tower_matches_native_omni_encoder(vl_pair, features):
     _, ours = vl_pair
     native = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**AUDIO_CFG)).eval()
-    native.load_state_dict({k[len("model.audio_tower."):]: v for k, v in ours.state_dict().items()
-                            if k.startswith("model.audio_tower.")})
+    native.load_state_dict(
+        {k[len("model.audio_tower.") :]: v for k, v in ours.state_dict().items() if k.startswith("model.audio_tower.")}
+    )
     input_features, mask = features
     with torch.no_grad():
         got = ours.model.get_audio_features(input_features, mask)
@@ -208,8 +230,10 @@ def test_audio_tower_matches_native_omni_encoder(vl_pair, features):
         flat = input_features.permute(0, 2, 1)[mask.bool()].permute(1, 0)
         expected = native(flat, feature_lens=lens).last_hidden_state
         # per clip, one at a time: the batched tower must not mix clips
-        singles = [native(input_features[i, :, : lens[i]], feature_lens=lens[i:i + 1]).last_hidden_state
-                   for i in range(len(lens))]
+        singles = [
+            native(input_features[i, :, : lens[i]], feature_lens=lens[i : i + 1]).last_hidden_state
+            for i in range(len(lens))
+        ]
     assert got.shape[0] == int(_get_feat_extract_output_lengths(lens).sum())
     assert [s.shape[0] for s in singles] == [13, 33, 91, 124]  # ~13 tokens per second, padding dropped
     assert (got - expected).abs().max().item() <= 1e-5

@@ -12,17 +12,24 @@ from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditio
 
 VOCAB = 512
 BASE = dict(
-    vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, max_position_embeddings=256, initializer_range=0.1,
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    initializer_range=0.1,
 )
 CASES = {
     "tied_gqa2": dict(tie_word_embeddings=True),
     "untied_mha": dict(tie_word_embeddings=False, num_key_value_heads=4),
     "head_dim_ne_hidden_over_heads_gqa4": dict(head_dim=48, num_key_value_heads=1),
-    "yarn": dict(rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
-                                      original_max_position_embeddings=64)),
-    "sliding_window_layers": dict(use_sliding_window=True, sliding_window=5, max_window_layers=1,
-                                  num_hidden_layers=3),
+    "yarn": dict(
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64)
+    ),
+    "sliding_window_layers": dict(use_sliding_window=True, sliding_window=5, max_window_layers=1, num_hidden_layers=3),
     "attention_bias": dict(attention_bias=True),
 }
 

@@ -127,8 +127,15 @@ def _initialised_tensors(model, owners, dtype, skip):
         module.to("meta")  # free it: the next shard must not hold this one
 
 
-def init_checkpoint(dst, preset: str, seed: int = 0, dtype: torch.dtype | None = None, tokenizer=None,
-                    force: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
+def init_checkpoint(
+    dst,
+    preset: str,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    tokenizer=None,
+    force: bool = False,
+    shard_bytes: int = SHARD_BYTES,
+) -> Path:
     """Write a randomly initialised checkpoint of ``preset`` to ``dst`` (bf16 by default except ``tiny``)."""
     config = Qwen3MultimodalConfig(**preset_config(preset))
     dtype = dtype or (torch.float32 if preset.startswith("tiny") else torch.bfloat16)
@@ -169,12 +176,17 @@ def qwen3_config(raw: dict) -> Qwen3MultimodalConfig:
 def qwen3_vl_config(raw: dict) -> Qwen3MultimodalConfig:
     """A native Qwen3-VL config.json. The release format keeps rope as ``rope_scaling`` (with ``mrope_section``)
     plus ``rope_theta`` inside text_config; our text config converts that legacy form like Qwen3's does."""
-    token_ids = {k: raw[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                     "vision_end_token_id") if k in raw}
+    token_ids = {
+        k: raw[k]
+        for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+        if k in raw
+    }
     text = _strip(raw["text_config"])
     return Qwen3MultimodalConfig(
-        text_config=text, vision_config=_strip(raw["vision_config"]),
-        tie_word_embeddings=raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False)), **token_ids,
+        text_config=text,
+        vision_config=_strip(raw["vision_config"]),
+        tie_word_embeddings=raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False)),
+        **token_ids,
     )
 
 
@@ -212,8 +224,9 @@ def source_shards(src: Path) -> list[Path]:
     return shards
 
 
-def check_shards(shards: list[Path], expected: dict[str, tuple[int, ...]], key_mapping=None,
-                 partial: bool = False) -> None:
+def check_shards(
+    shards: list[Path], expected: dict[str, tuple[int, ...]], key_mapping=None, partial: bool = False
+) -> None:
     """Open every shard's header (safetensors validates that the data region is complete) and check names/shapes.
 
     ``partial``: the shards hold a larger model (Qwen3-Omni) and only the expected tensors are taken from it.
@@ -284,12 +297,18 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
         config = Qwen3MultimodalConfig(**{**config.to_dict(), "audio_config": audio})
         omni_shards = source_shards(audio_from)
     expected = expected_shapes(config)
-    check_shards(shards, {k: v for k, v in expected.items() if not k.startswith("model.audio_tower.")},
-                 key_mapping)
+    check_shards(shards, {k: v for k, v in expected.items() if not k.startswith("model.audio_tower.")}, key_mapping)
     if omni_shards:
-        check_shards(omni_shards, {k.replace("model.audio_tower.", OMNI_AUDIO_PREFIX, 1): v
-                                   for k, v in expected.items() if k.startswith("model.audio_tower.")}, None,
-                     partial=True)
+        check_shards(
+            omni_shards,
+            {
+                k.replace("model.audio_tower.", OMNI_AUDIO_PREFIX, 1): v
+                for k, v in expected.items()
+                if k.startswith("model.audio_tower.")
+            },
+            None,
+            partial=True,
+        )
     dtype = stored_dtype(shards[0])  # keep the tensors as stored, whatever config.json claims
     config.dtype = dtype
 
@@ -302,7 +321,10 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
             _write_common(tmp, config, tokenizer)
         else:
             model = Qwen3MultimodalForConditionalGeneration.from_pretrained(
-                src, config=config, key_mapping=key_mapping, dtype=dtype,
+                src,
+                config=config,
+                key_mapping=key_mapping,
+                dtype=dtype,
             )
             if omni_shards:
                 model.model.audio_tower.load_state_dict(read_prefixed(omni_shards, OMNI_AUDIO_PREFIX), strict=True)
@@ -332,5 +354,5 @@ def read_prefixed(shards: list[Path], prefix: str) -> dict:
         with safe_open(shard, framework="pt") as f:
             for key in f.keys():
                 if key.startswith(prefix):
-                    out[key[len(prefix):]] = f.get_tensor(key)
+                    out[key[len(prefix) :]] = f.get_tensor(key)
     return out

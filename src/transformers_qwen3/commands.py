@@ -39,8 +39,12 @@ class Import:
     def add_arguments(parser):
         parser.add_argument("src", type=Path, help="native Qwen3 or Qwen3-VL checkpoint folder")
         parser.add_argument("dst", type=Path, help="folder to create in our Hub layout")
-        parser.add_argument("--audio-from", type=Path, metavar="OMNI_SRC",
-                            help="take the audio tower from this native Qwen3-Omni checkpoint")
+        parser.add_argument(
+            "--audio-from",
+            type=Path,
+            metavar="OMNI_SRC",
+            help="take the audio tower from this native Qwen3-Omni checkpoint",
+        )
         parser.add_argument("--force", action="store_true", help="replace DST if it exists")
 
     @staticmethod
@@ -72,10 +76,13 @@ class Generate:
         else:
             messages = [{"role": "user", "content": args.prompt}]
             inputs = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, enable_thinking=args.thinking, return_tensors="pt",
+                messages,
+                add_generation_prompt=True,
+                enable_thinking=args.thinking,
+                return_tensors="pt",
                 return_dict=True,
             )
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-        print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
         return 0

@@ -254,7 +254,7 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
                 # images and videos both present: merge their deepstack rows in sequence order
                 joint = visual_mask | mask
                 merged = []
-                for old, new in zip(deepstack, stack):
+                for old, new in zip(deepstack, stack, strict=True):
                     rows = old.new_zeros(int(joint.sum()), old.shape[-1])
                     rows[visual_mask[joint]] = old
                     rows[mask[joint]] = new
@@ -264,20 +264,26 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
             if feature_attention_mask is None:
                 feature_attention_mask = torch.ones(input_features.shape[::2], dtype=torch.long)
             audio_embeds = self.get_audio_features(input_features, feature_attention_mask.to(input_features.device))
-            inputs_embeds = scatter_features(inputs_embeds, input_ids == self.config.audio_token_id, audio_embeds, "audio")
+            inputs_embeds = scatter_features(
+                inputs_embeds, input_ids == self.config.audio_token_id, audio_embeds, "audio"
+            )
 
         # Positions: text-only keeps Qwen3's 1-D ids; media get M-RoPE ids. A 4-row tensor is
         # [text positions (masks), t, h, w] as Qwen3-VL's generate() passes it.
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             if has_media and past == 0:
-                mrope, self.rope_deltas = self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask)
+                mrope, self.rope_deltas = self.get_rope_index(
+                    input_ids, image_grid_thw, video_grid_thw, attention_mask
+                )
                 text_positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None]
                 position_ids = torch.cat([text_positions.expand(1, inputs_embeds.shape[0], -1), mrope])
             else:
                 position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
                 if self.rope_deltas is not None and past > 0:
-                    position_ids = torch.cat([position_ids[None], (position_ids + self.rope_deltas)[None].expand(3, -1, -1)])
+                    position_ids = torch.cat(
+                        [position_ids[None], (position_ids + self.rope_deltas)[None].expand(3, -1, -1)]
+                    )
         if position_ids.ndim == 3 and position_ids.shape[0] == 4:
             text_position_ids, rope_position_ids = position_ids[0], position_ids[1:]
         else:
@@ -404,7 +410,9 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
         if not has_grid or input_ids.ndim != 2:
             return text_positions
         mrope, self.model.rope_deltas = self.model.get_rope_index(
-            input_ids, model_kwargs.get("image_grid_thw"), model_kwargs.get("video_grid_thw"),
+            input_ids,
+            model_kwargs.get("image_grid_thw"),
+            model_kwargs.get("video_grid_thw"),
             model_kwargs.get("attention_mask"),
         )
         return torch.cat([text_positions[None], mrope])

@@ -47,42 +47,87 @@ def text_config(preset: str) -> dict:
 # Qwen3-VL decoders: rope theta 5e6, interleaved M-RoPE over (t, h, w) = (24, 20, 20) frequency pairs.
 VL_ROPE = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
 # name: (hidden, intermediate, layers, heads, kv, tied) of the Qwen3-VL decoder
-VL_TEXT_SHAPES = {"2b": (2048, 6144, 28, 16, 8, True), "4b": (2560, 9728, 36, 32, 8, True),
-                  "8b": (4096, 12288, 36, 32, 8, False)}
+VL_TEXT_SHAPES = {
+    "2b": (2048, 6144, 28, 16, 8, True),
+    "4b": (2560, 9728, 36, 32, 8, True),
+    "8b": (4096, 12288, 36, 32, 8, False),
+}
 # name: (depth, hidden, intermediate, heads, deepstack layer indexes) of the Qwen3-VL vision tower
-VISION_SHAPES = {"2b": (24, 1024, 4096, 16, [5, 11, 17]), "4b": (24, 1024, 4096, 16, [5, 11, 17]),
-                 "8b": (27, 1152, 4304, 16, [8, 16, 24])}
+VISION_SHAPES = {
+    "2b": (24, 1024, 4096, 16, [5, 11, 17]),
+    "4b": (24, 1024, 4096, 16, [5, 11, 17]),
+    "8b": (27, 1152, 4304, 16, [8, 16, 24]),
+}
 # Qwen3-Omni's audio encoder (32 layers, width 1280); output_dim is set to the decoder's width
-OMNI_AUDIO = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
-              "d_model": 1280, "downsample_hidden_size": 480, "n_window": 50, "n_window_infer": 800,
-              "max_source_positions": 1500}
+OMNI_AUDIO = {
+    "num_mel_bins": 128,
+    "encoder_layers": 32,
+    "encoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "d_model": 1280,
+    "downsample_hidden_size": 480,
+    "n_window": 50,
+    "n_window_infer": 800,
+    "max_source_positions": 1500,
+}
 
 
 def vision_config(depth, hidden, intermediate, heads, deepstack, out_hidden):
-    return {"depth": depth, "hidden_size": hidden, "intermediate_size": intermediate, "num_heads": heads,
-            "out_hidden_size": out_hidden, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
-            "num_position_embeddings": 2304, "deepstack_visual_indexes": deepstack,
-            "hidden_act": "gelu_pytorch_tanh"}
+    return {
+        "depth": depth,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_heads": heads,
+        "out_hidden_size": out_hidden,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": deepstack,
+        "hidden_act": "gelu_pytorch_tanh",
+    }
 
 
 def multimodal_config(name: str) -> dict:
     hidden, inter, layers, heads, kv, tied = VL_TEXT_SHAPES[name]
-    text = {**QWEN3_COMMON, "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": 128, "tie_word_embeddings": tied,
-            "max_position_embeddings": 262144, "rope_parameters": VL_ROPE}
-    return {"text_config": text, "vision_config": vision_config(*VISION_SHAPES[name], out_hidden=hidden),
-            "audio_config": {**OMNI_AUDIO, "output_dim": hidden}}
+    text = {
+        **QWEN3_COMMON,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": 128,
+        "tie_word_embeddings": tied,
+        "max_position_embeddings": 262144,
+        "rope_parameters": VL_ROPE,
+    }
+    return {
+        "text_config": text,
+        "vision_config": vision_config(*VISION_SHAPES[name], out_hidden=hidden),
+        "audio_config": {**OMNI_AUDIO, "output_dim": hidden},
+    }
 
 
 def tiny_multimodal_config() -> dict:
-    text = {**text_config("tiny"),
-            "rope_parameters": {**VL_ROPE, "rope_theta": 10000.0, "mrope_section": [6, 5, 5]}}
-    audio = {"num_mel_bins": 128, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
-             "d_model": 32, "downsample_hidden_size": 16, "n_window": 50, "n_window_infer": 800,
-             "max_source_positions": 1500, "output_dim": text["hidden_size"]}
-    return {"text_config": text, "vision_config": {**vision_config(2, 32, 64, 2, [0], text["hidden_size"]),
-                                                   "num_position_embeddings": 64},
-            "audio_config": audio}
+    text = {**text_config("tiny"), "rope_parameters": {**VL_ROPE, "rope_theta": 10000.0, "mrope_section": [6, 5, 5]}}
+    audio = {
+        "num_mel_bins": 128,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "d_model": 32,
+        "downsample_hidden_size": 16,
+        "n_window": 50,
+        "n_window_infer": 800,
+        "max_source_positions": 1500,
+        "output_dim": text["hidden_size"],
+    }
+    return {
+        "text_config": text,
+        "vision_config": {**vision_config(2, 32, 64, 2, [0], text["hidden_size"]), "num_position_embeddings": 64},
+        "audio_config": audio,
+    }
 
 
 PRESETS = {name: {"text_config": text_config(name)} for name in TEXT_SHAPES}
