@@ -77,6 +77,8 @@ def test_import_then_clean_process_load_gives_native_logits(native_folder, tmp_p
         config["auto_map"]
     )
     assert all((dst / name).is_file() for name in HUB_FILES)
+    provenance = json.loads((dst / "qwen3_multimodal_provenance.json").read_text())
+    assert provenance["relation"] == "imported" and provenance["license"] == "apache-2.0"
     got = clean_logits(dst, tmp_path)
     expected = native_logits(native_folder)
     assert (got - expected).abs().max().item() <= 1e-6

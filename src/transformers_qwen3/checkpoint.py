@@ -266,7 +266,22 @@ def check_shards(
         raise CheckpointError(f"The checkpoint lacks tensors: {', '.join(missing[:5])}{more}.")
 
 
-def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=None) -> Path:
+def write_provenance(folder: Path, src: Path, audio_from, base_model) -> None:
+    """Record where imported weights came from (read by ``export`` for the card; format in docs/export.md).
+    Qwen3, Qwen3-VL and Qwen3-Omni are released under Apache-2.0, which the export then keeps."""
+    record = {
+        "format_version": 1,
+        "relation": "imported",
+        "license": "apache-2.0",
+        "description": f"Imported from {src.name}"
+        + (f" with the audio tower of {Path(audio_from).name}" if audio_from else ""),
+    }
+    if base_model:
+        record["base_model"] = base_model
+    (folder / "qwen3_multimodal_provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=None, base_model=None) -> Path:
     """Import a native Qwen3 or Qwen3-VL folder into our layout (optionally with Qwen3-Omni's audio tower).
 
     Text-only Qwen3: every shard's header is checked against the expected names and shapes, then the shards are
@@ -332,6 +347,7 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
             tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
             write_shards(tmp, ((k, v) for k, v in model.state_dict().items() if k not in tied))
             _write_common(tmp, config, tokenizer)
+        write_provenance(tmp, src, audio_from, base_model)
     return Path(dst)
 
 

@@ -51,7 +51,14 @@ class Import:
     def run(args):
         from .checkpoint import import_checkpoint
 
-        import_checkpoint(args.src, args.dst, tokenizer=_tokenizer(), force=args.force, audio_from=args.audio_from)
+        import_checkpoint(
+            args.src,
+            args.dst,
+            tokenizer=_tokenizer(),
+            force=args.force,
+            audio_from=args.audio_from,
+            base_model=args.base_model,
+        )
         print(f"imported {args.src} -> {args.dst}")
         return 0
 
