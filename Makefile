@@ -4,7 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint venv clean
+.PHONY: demo test test-all test-floor-ceiling test-floor-if-different lint venv clean
+
+include ci/floor.mk
+# The ceiling is the one transformers version pyproject pins as its upper bound (what `make test` installs).
+TRANSFORMERS_CEILING := $(shell sed -n 's/.*"transformers>=[^,]*,<=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
 venv: $(STAMP)
 
@@ -22,6 +26,13 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q -m "not slow"
 
+# CI runs the parity tests on the floor and the ceiling; when they are the same release `make test` covers both.
+test-floor-ceiling: test test-floor-if-different
+
+test-floor-if-different:
+	@if [ "$(TRANSFORMERS_FLOOR)" != "$(TRANSFORMERS_CEILING)" ]; then $(MAKE) test-floor; \
+	else echo "transformers floor = ceiling = $(TRANSFORMERS_CEILING): the parity tests above ran on both"; fi
+
 test-all: venv
 	$(PY) -m pytest -q
 
@@ -30,4 +41,4 @@ lint: venv
 	$(VENV)/bin/ruff format --check src convert tests bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info

@@ -15,10 +15,16 @@ transformers' own configs we do not decorate with huggingface_hub's ``@strict``:
 transformers, and the inherited Qwen3 fields keep their validation.)
 """
 
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
-from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
-from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
-from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+from transformers.utils.versions import require_version
+
+# One clear message instead of an ImportError deep inside transformers: our Hub files compose transformers' own
+# Qwen3 / Qwen3-VL / Qwen3-Omni modules, whose signatures we rely on first appear in 5.24 (docs/compatibility.md).
+require_version("transformers>=5.24.0", "Qwen3-Multimodal's remote code needs transformers 5.24 or newer")
+
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec  # noqa: E402
+from transformers.models.qwen3.configuration_qwen3 import Qwen3Config  # noqa: E402
+from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig  # noqa: E402
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig  # noqa: E402
 
 
 class Qwen3MultimodalTextConfig(Qwen3Config):

@@ -1,0 +1,33 @@
+# The transformers floor: the oldest release our Hub files run on unchanged (docs/compatibility.md).
+# Included by the Makefile; also works alone: `make -f Makefile -f ci/floor.mk test-floor`.
+TRANSFORMERS_FLOOR := 5.24.0
+
+PYTHON ?= python3.11
+FLOOR_VENV := .venv-floor
+FLOOR_PY := $(FLOOR_VENV)/bin/python
+# Keyed on the floor version: raising TRANSFORMERS_FLOOR reinstalls into the same venv.
+FLOOR_STAMP := $(FLOOR_VENV)/.installed-transformers-$(TRANSFORMERS_FLOOR)
+# The parity tests (the multimodal one once it exists); the rest of the suite runs on the ceiling only.
+FLOOR_TESTS := tests/test_text_parity.py tests/test_checkpoint.py $(wildcard tests/test_multimodal_parity.py)
+
+.PHONY: test-floor venv-floor clean-floor
+
+venv-floor: $(FLOOR_STAMP)
+
+# The project as `make test` installs it, then only transformers moves to the floor. pip warns that this
+# conflicts with pyproject's upper pin when floor < ceiling; that is the point, and it still installs.
+$(FLOOR_STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
+	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install --upgrade pip
+	$(FLOOR_PY) -m pip install -e ".[dev]"
+	$(FLOOR_PY) -m pip install "transformers==$(TRANSFORMERS_FLOOR)"
+	rm -f $(FLOOR_VENV)/.installed-transformers-*
+	touch $@
+
+test-floor: $(FLOOR_STAMP)
+	$(FLOOR_PY) -c "import transformers as t; v = '$(TRANSFORMERS_FLOOR)'; assert t.__version__ == v, (t.__version__, v)"
+	$(FLOOR_PY) -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
+clean-floor:
+	rm -rf $(FLOOR_VENV)
