@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-all test-floor-ceiling test-floor-if-different lint venv clean
 
 include ci/floor.mk
+# the patched llama-cpp-python (ggml_patches/), built once per patch set and CPU, cached as a wheel
+include ggml_patches/build.mk
 # The ceiling is the one transformers version pyproject pins as its upper bound (what `make test` installs).
 TRANSFORMERS_CEILING := $(shell sed -n 's/.*"transformers>=[^,]*,<=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
@@ -20,10 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
 
-demo: venv
+demo: venv llama-cpp
 	$(PY) -m transformers_qwen3.demo
 
-test: venv
+test: venv llama-cpp
 	$(PY) -m pytest -q -m "not slow"
 
 # CI runs the parity tests on the floor and the ceiling; when they are the same release `make test` covers both.
@@ -33,7 +35,7 @@ test-floor-if-different:
 	@if [ "$(TRANSFORMERS_FLOOR)" != "$(TRANSFORMERS_CEILING)" ]; then $(MAKE) test-floor; \
 	else echo "transformers floor = ceiling = $(TRANSFORMERS_CEILING): the parity tests above ran on both"; fi
 
-test-all: venv
+test-all: venv llama-cpp
 	$(PY) -m pytest -q
 
 lint: venv

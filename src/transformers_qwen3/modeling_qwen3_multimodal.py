@@ -419,12 +419,17 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
 
 
 class Qwen3MultimodalForSequenceClassification(GenericForSequenceClassification, Qwen3MultimodalPreTrainedModel):
-    """Score head on the last non-padding token, as transformers' Qwen3ForSequenceClassification."""
+    """Score head on the last non-padding token, as transformers' Qwen3ForSequenceClassification (same keys)."""
 
     def __init__(self, config):
-        # GenericForSequenceClassification reads the label count and hidden size from the top-level config
+        # Not GenericForSequenceClassification.__init__: it builds the base model through AutoModel.from_config,
+        # which cannot resolve remote code. Same attributes, built directly; its forward is reused as is.
         config.hidden_size = config.text_config.hidden_size
-        super().__init__(config)
+        Qwen3MultimodalPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = Qwen3MultimodalModel(self.config)
+        self.score = nn.Linear(config.text_config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
 
 
 __all__ = [
