@@ -45,6 +45,7 @@ class Import:
             metavar="OMNI_SRC",
             help="take the audio tower from this native Qwen3-Omni checkpoint",
         )
+        parser.add_argument("--base-model", metavar="HUB_ID", help="the Hub id SRC came from (for the model card)")
         parser.add_argument("--force", action="store_true", help="replace DST if it exists")
 
     @staticmethod
