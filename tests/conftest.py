@@ -33,7 +33,7 @@ def run_clean_python(code: str, cwd: Path, timeout: int = 300) -> str:
     prelude = (
         "import sys\n"
         "sys.path[:] = [p for p in sys.path if 'transformers_qwen3' not in p and not p.endswith('/src')]\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in str(getattr(f, '__module__', '')).lower()]\n"
     )
     proc = subprocess.run(
         [sys.executable, "-I", "-c", prelude + check + code],
