@@ -72,9 +72,5 @@ class Qwen3MultimodalConfig(PreTrainedConfig):
             self.tie_word_embeddings = self.text_config.tie_word_embeddings
         self.text_config.tie_word_embeddings = self.tie_word_embeddings
 
-    def get_text_config(self, *args, **kwargs):
-        # generation, caches and masks read the decoder's fields from here
-        return self.text_config
-
 
 __all__ = ["Qwen3MultimodalConfig", "Qwen3MultimodalTextConfig"]
