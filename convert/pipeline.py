@@ -1,0 +1,226 @@
+"""`convert_checkpoint`: one checkpoint folder → `<name>-<TYPE>.gguf` and, with towers, `mmproj-<name>-<TYPE>.gguf`.
+
+Fixed phases, in order: open (config + safetensors index) → check (what llama.cpp can run, what the config
+implies) → plan (every output tensor from headers alone) → stage (write each file under a temporary name in OUTDIR;
+K-quants: write the lossless intermediate, then run llama.cpp's quantizer) → publish (rename all files into place
+only once every one of them is complete). Any error removes every staged file: nothing partial is left.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from .checkpoint import Checkpoint, open_checkpoint
+from .errors import ConversionError
+from .metadata import ARCH_MMPROJ, add_general, add_mmproj_hparams, add_text_hparams, text_arch
+from .plan import PlannedTensor, format_plan, plan_mmproj, plan_text
+from .quantize import LLAMA_FTYPES, llama_quantize, type_report, written_types
+from .validate import check_llama_cpp_support, check_tensors
+from .vocab import Vocab, load_vocab
+from .writer import write_gguf
+
+logger = logging.getLogger(__name__)
+
+QT = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+# outtypes gguf-py writes itself: (tensor type, general.file_type)
+DIRECT_OUTTYPES: dict[str, tuple[QT, FT]] = {
+    "f32": (QT.F32, FT.ALL_F32),
+    "f16": (QT.F16, FT.MOSTLY_F16),
+    "bf16": (QT.BF16, FT.MOSTLY_BF16),
+    "q8_0": (QT.Q8_0, FT.MOSTLY_Q8_0),
+}
+OUTTYPES = (*DIRECT_OUTTYPES, *LLAMA_FTYPES)
+# the K-quant intermediate: lossless for the checkpoint's own precision
+_INTERMEDIATE = {"F32": "f32", "BF16": "bf16", "F16": "f16"}
+# towers are small and precision-sensitive, and llama.cpp's quantizer does not read mmproj files: a K-quant
+# conversion writes its mmproj as Q8_0
+MMPROJ_FOR_LLAMA_QUANT = "q8_0"
+
+
+@dataclass(frozen=True)
+class Output:
+    path: Path
+    kind: str  # "text" / "mmproj"
+    outtype: str  # the type the file is named after
+    write_type: str  # what gguf-py writes (== outtype except for the K-quant intermediate)
+    plan: list[PlannedTensor]
+
+
+def type_label(outtype: str) -> str:
+    """File-name type as llama.cpp writes it: F16, Q8_0, Q4_K_M …"""
+    return outtype.upper()
+
+
+def _check_name(name: str) -> str:
+    if not name or name in (".", "..") or re.search(r"[/\\\x00]", name):
+        raise ConversionError(f"--name {name!r}: need a plain file-name stem (no path separators)")
+    return name
+
+
+def _prepare_outdir(outdir: Path) -> None:
+    if outdir.exists() and not outdir.is_dir():
+        raise ConversionError(f"OUTDIR {outdir} exists and is not a folder")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(f"OUTDIR {outdir}: cannot create it ({e.strerror}); pick a writable folder") from e
+    # access() can pass for root on read-only mounts: create and remove a probe file instead
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=outdir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConversionError(f"OUTDIR {outdir} is not writable ({e.strerror}); pick a writable folder") from e
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def plan_outputs(ckpt: Checkpoint, outdir: Path, outtype: str, name: str) -> list[Output]:
+    outputs = []
+    if outtype in DIRECT_OUTTYPES:
+        text_write = outtype
+    else:
+        text_write = _INTERMEDIATE[ckpt.widest_float_dtype()]
+    text_qt = DIRECT_OUTTYPES[text_write][0]
+    outputs.append(
+        Output(outdir / f"{name}-{type_label(outtype)}.gguf", "text", outtype, text_write, plan_text(ckpt, text_qt))
+    )
+    if ckpt.has_towers:
+        mm_type = outtype if outtype in DIRECT_OUTTYPES else MMPROJ_FOR_LLAMA_QUANT
+        mm_qt = DIRECT_OUTTYPES[mm_type][0]
+        outputs.append(
+            Output(
+                outdir / f"mmproj-{name}-{type_label(mm_type)}.gguf",
+                "mmproj",
+                mm_type,
+                mm_type,
+                plan_mmproj(ckpt, mm_qt),
+            )
+        )
+    return outputs
+
+
+def _stage_text(ckpt: Checkpoint, out: Output, tmp: Path, name: str, vocab: Vocab, progress: bool) -> None:
+    file_type = DIRECT_OUTTYPES[out.write_type][1]
+
+    def metadata(w: gguf.GGUFWriter) -> None:
+        add_general(w, gguf.GGUFType.MODEL, name, file_type)
+        add_text_hparams(w, ckpt)
+        vocab.add_to(w)
+
+    write_gguf(tmp, text_arch(ckpt), out.plan, metadata, ckpt, progress, out.path.name)
+
+
+def _stage_mmproj(ckpt: Checkpoint, out: Output, tmp: Path, name: str, progress: bool) -> None:
+    file_type = DIRECT_OUTTYPES[out.write_type][1]
+
+    def metadata(w: gguf.GGUFWriter) -> None:
+        add_general(w, gguf.GGUFType.MMPROJ, name, file_type)
+        add_mmproj_hparams(w, ckpt)
+
+    write_gguf(tmp, ARCH_MMPROJ, out.plan, metadata, ckpt, progress, out.path.name)
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    outdir: str | os.PathLike,
+    outtype: str = "f16",
+    name: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    *,
+    progress: bool = True,
+    tensor_types: dict[str, str] | None = None,
+) -> list[Path]:
+    """Convert the checkpoint folder `src` into GGUF files in `outdir`; returns their paths.
+
+    `outtype`: one of f32, f16, bf16, q8_0 (written by gguf-py) or q6_k, q5_k_m, q4_k_m, q4_0 (llama.cpp's
+    quantizer; needs llama-cpp-python). `name` defaults to `src`'s folder name. Existing files need `force`, except
+    an mmproj whose bytes would not change (K-quant conversions of one checkpoint share the Q8_0 mmproj).
+    `dry_run` prints every tensor (name, shape, type, bytes) and the totals, and writes nothing.
+    `tensor_types`: regex → ggml type overrides for llama.cpp's quantizer (K-quants / q4_0 only).
+    """
+    outtype = outtype.lower()
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    if tensor_types and outtype not in LLAMA_FTYPES:
+        raise ConversionError("--tensor-type applies to llama.cpp's quantizer: use it with q6_k/q5_k_m/q4_k_m/q4_0")
+    src = Path(src)
+    outdir = Path(outdir)
+    ckpt = open_checkpoint(src)
+    check_llama_cpp_support(ckpt)
+    check_tensors(ckpt)
+    name = _check_name(name or src.resolve().name)
+    outputs = plan_outputs(ckpt, outdir, outtype, name)
+
+    if dry_run:
+        for out in outputs:
+            title = f"{out.path} ({out.kind}, {type_label(out.outtype)})"
+            if out.write_type != out.outtype:
+                title += (
+                    f" — written as {type_label(out.write_type)}, then llama.cpp's quantizer picks each "
+                    "weight's final type"
+                )
+            print(format_plan(out.plan, title))
+        return [out.path for out in outputs]
+
+    vocab = load_vocab(ckpt.folder, ckpt.text["vocab_size"])  # tokenizer problems surface before any writing
+    _prepare_outdir(outdir)
+    keep_if_identical = {out.path for out in outputs if out.kind == "mmproj" and out.outtype != outtype}
+    clash = [out.path for out in outputs if out.path.exists() and out.path not in keep_if_identical]
+    if clash and not force:
+        raise ConversionError(f"{', '.join(map(str, clash))} already exist(s); pass --force to overwrite")
+
+    staged: list[tuple[Path, Path]] = []
+    scratch: list[Path] = []
+
+    mode = _file_mode()
+
+    def temp_path(final: Path) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=outdir)
+        os.close(fd)
+        os.chmod(tmp, mode)  # mkstemp makes 0600; published files get the usual umask-based mode
+        scratch.append(Path(tmp))
+        return Path(tmp)
+
+    try:
+        for out in outputs:
+            tmp = temp_path(out.path)
+            if out.kind == "text":
+                _stage_text(ckpt, out, tmp, name, vocab, progress)
+                if out.write_type != out.outtype:
+                    quantized = temp_path(out.path)
+                    llama_quantize(tmp, quantized, out.outtype, tensor_types)
+                    tmp.unlink()
+                    tmp = quantized
+                    for line in type_report(written_types(tmp), out.outtype):
+                        logger.info("%s: %s", out.path.name, line)
+            else:
+                _stage_mmproj(ckpt, out, tmp, name, progress)
+            if out.path in keep_if_identical and out.path.exists() and not force:
+                if filecmp.cmp(tmp, out.path, shallow=False):
+                    logger.info("%s: unchanged, kept", out.path.name)
+                    tmp.unlink()
+                    continue
+                raise ConversionError(f"{out.path} exists with different content; pass --force to overwrite")
+            staged.append((tmp, out.path))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp in scratch:
+            tmp.unlink(missing_ok=True)
+    return [out.path for out in outputs]

@@ -1,0 +1,89 @@
+"""K-quants and q4_0 through llama.cpp's own quantizer (`llama_model_quantize`, via llama-cpp-python).
+
+No quantization kernel lives here: llama.cpp picks each tensor's type (the K-quant "mixes" give some tensors a
+wider type) and, where a row width is not a multiple of the type's block (256 for K-quants), substitutes a
+compatible one. `written_types` reads back what it actually wrote so the caller can report it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+from pathlib import Path
+
+import gguf
+
+from .errors import ConversionError
+
+# outtype → (llama_ftype constant name in llama_cpp, the types its mix is meant to use for 2-D weights)
+LLAMA_FTYPES: dict[str, tuple[str, frozenset[str]]] = {
+    "q6_k": ("LLAMA_FTYPE_MOSTLY_Q6_K", frozenset({"Q6_K"})),
+    "q5_k_m": ("LLAMA_FTYPE_MOSTLY_Q5_K_M", frozenset({"Q5_K", "Q6_K"})),
+    "q4_k_m": ("LLAMA_FTYPE_MOSTLY_Q4_K_M", frozenset({"Q4_K", "Q6_K"})),
+    "q4_0": ("LLAMA_FTYPE_MOSTLY_Q4_0", frozenset({"Q4_0", "Q6_K"})),  # output.weight gets Q6_K
+}
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise ConversionError(
+            "K-quant and q4_0 outputs use llama.cpp's quantizer through llama-cpp-python, which is not installed "
+            "(`make llama-cpp` builds the patched 0.3.36); f32 / f16 / bf16 / q8_0 need only gguf-py"
+        ) from e
+    return llama_cpp
+
+
+def llama_quantize(
+    src: Path, dst: Path, outtype: str, tensor_types: dict[str, str] | None = None, nthread: int = 0
+) -> None:
+    """Quantize the GGUF `src` (F32 / BF16 / F16 weights) into `dst` with llama.cpp.
+
+    `tensor_types` maps a regex (searched in each tensor name, as llama-quantize's --tensor-type) to a type name
+    such as "q8_0"; those tensors get that type instead of the mix's choice."""
+    llama_cpp = _llama_cpp()
+    ftype_name, _ = LLAMA_FTYPES[outtype]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype_name)
+    params.nthread = nthread
+    keep_alive = []
+    if tensor_types:
+        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (pattern, type_name) in enumerate(tensor_types.items()):
+            try:
+                qtype = gguf.GGMLQuantizationType[type_name.upper()]
+            except KeyError as e:
+                raise ConversionError(f"--tensor-type {pattern}={type_name}: unknown ggml type {type_name!r}") from e
+            encoded = pattern.encode()
+            keep_alive.append(encoded)
+            overrides[i].pattern = encoded
+            overrides[i].type = int(qtype)
+        overrides[len(tensor_types)].pattern = None  # terminator
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep_alive.append(overrides)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise ConversionError(f"llama.cpp's quantizer failed on {src.name} (return code {rc}; see its log above)")
+
+
+def written_types(path: Path) -> dict[str, str]:
+    """Tensor name → ggml type name, as stored in the GGUF file."""
+    reader = gguf.GGUFReader(path)
+    return {t.name: t.tensor_type.name for t in reader.tensors}
+
+
+def type_report(types: dict[str, str], outtype: str | None = None) -> list[str]:
+    """Counts per type, then one line per tensor whose type is outside the requested K-quant mix."""
+    counts = Counter(types.values())
+    lines = ["types written: " + ", ".join(f"{k}×{v}" for k, v in sorted(counts.items()))]
+    if outtype in LLAMA_FTYPES:
+        mix = LLAMA_FTYPES[outtype][1]
+        odd = {n: t for n, t in types.items() if t not in mix and t != "F32"}
+        if odd:
+            lines.append(
+                f"{len(odd)} tensor(s) not in the {outtype.upper()} mix ({', '.join(sorted(mix))}): llama.cpp "
+                "substituted a type because the row width is not a multiple of the block size"
+            )
+            lines.extend(f"  {n}: {t}" for n, t in odd.items())
+    return lines
