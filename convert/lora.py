@@ -5,8 +5,8 @@
     # -> gguf/my-adapter-lora-F16.gguf; llama.cpp: --lora FILE, llama_cpp.Llama(model_path=..., lora_path=FILE)
 
 Phases, as in `pipeline`: read (adapter_config.json and the adapter's tensor headers; the base checkpoint's config and
-safetensors headers, never its weights) → check (one error naming everything a llama.cpp text LoRA cannot hold) →
-plan → stage (a temporary file in OUTDIR) → publish (rename).
+safetensors headers — its weights only to compare a peft copy of an adapted embedding / head) → check (one error
+naming everything a llama.cpp text LoRA cannot hold) → plan → stage (a temporary file in OUTDIR) → publish (rename).
 
 The file llama.cpp's loader accepts (src/llama-adapter.cpp): `general.type` "adapter", `adapter.type` "lora",
 `adapter.lora.alpha` (f32), `general.architecture` equal to the base text GGUF's (`qwen3` / `qwen3vl`, decided by the
@@ -29,6 +29,8 @@ tests/test_convert_lora.py compares the two):
   folder); nothing is fetched from the Hub. Every factor's shape is checked against the base weight it adapts.
 - Output naming and safety follow the main converter: `<name>-lora-<TYPE>.gguf`, a temporary file renamed into place,
   an existing file needs `force`; `dry_run` prints the plan.
+- Metadata: `general.name` is the name as given and `general.file_type` is written (as for model files); no model-card
+  keys (upstream turns the README peft writes into general.base_model.* / general.tags). The loader reads none of them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Callable
@@ -64,10 +67,10 @@ PEFT_PREFIX = "base_model.model."  # PeftModel's state-dict prefix before the ba
 OUTTYPES = tuple(DIRECT_OUTTYPES)
 
 MERGE_HINT = (
-    "merge the adapter into the model instead and convert the merged model: `transformers-qwen3 finetune ... --merge` "
-    "when training, or `merge_to_hub_folder(load_lora(base, ADAPTER), tokenizer, MERGED)` from transformers_qwen3.lora "
-    "(docs/finetune.md), then `transformers-qwen3 convert MERGED OUTDIR` (towers go to the mmproj); or retrain with "
-    "text-decoder targets only (the default q_proj/v_proj, --targets attention, --lora-mlp)"
+    "merge it into the model and convert the merged folder (`transformers-qwen3 finetune ... --merge`, or "
+    "transformers_qwen3.lora.merge_to_hub_folder(load_lora(base, ADAPTER), tokenizer, MERGED); then "
+    "`transformers-qwen3 convert MERGED OUTDIR`, which puts tower weights in the mmproj), or retrain with "
+    "text-decoder targets only (the default q_proj/v_proj; --targets attention, --lora-mlp)"
 )
 
 
@@ -111,20 +114,20 @@ def expected_factor_shapes(layer: str, base_shape: tuple[int, ...], r: int) -> d
 # --- adapter_config.json settings a llama.cpp LoRA cannot express: (field, "in use?", what it is) ----------------
 UNSUPPORTED_SETTINGS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("peft_type", lambda v: v not in (None, "LORA"), "a peft method other than LoRA"),
-    ("use_dora", bool, "DoRA (a learned magnitude per weight column)"),
-    ("modules_to_save", bool, "modules_to_save (full trained copies of whole modules)"),
+    ("use_dora", bool, "DoRA: a learned magnitude per weight column"),
+    ("modules_to_save", bool, "full trained copies of whole modules"),
     ("bias", lambda v: v not in (None, "none"), "trained biases"),
     ("lora_bias", bool, "a bias on lora_B"),
     ("trainable_token_indices", bool, "trainable token embeddings"),
     ("target_parameters", bool, "LoRA on bare parameters"),
-    ("layer_replication", bool, "layer replication"),
-    ("fan_in_fan_out", bool, "transposed (Conv1D-style) weights"),
-    ("use_qalora", bool, "QA-LoRA (pooled inputs)"),
-    ("use_bdlora", bool, "block-diagonal LoRA"),
-    ("kasa_config", bool, "KaSA (singular values between A and B)"),
+    ("layer_replication", bool, "replicated layers"),
+    ("fan_in_fan_out", bool, "transposed Conv1D-style weights"),
+    ("use_qalora", bool, "QA-LoRA: pooled inputs"),
+    ("use_bdlora", bool, "block-diagonal factors"),
+    ("kasa_config", bool, "KaSA: singular values between A and B"),
     ("arrow_config", bool, "Arrow routing"),
     ("monteclora_config", bool, "MonteCLoRA sampling"),
-    ("alora_invocation_tokens", bool, "activated LoRA (aLoRA; not converted here, and it cannot be merged)"),
+    ("alora_invocation_tokens", bool, "activated LoRA, not supported here"),
 )
 
 
@@ -137,13 +140,14 @@ class Adapter:
     tensors: dict[str, tuple[tuple[int, ...], torch.dtype]]  # stored key → (shape, dtype)
     _bin: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
-    def load(self, key: str) -> torch.Tensor:
+    def load(self, key: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """One tensor (rows `start:stop` when given), read now."""
         if self._bin is not None:
-            return self._bin[key]
+            return self._bin[key][start:stop]
         from safetensors import safe_open
 
         with safe_open(self.weights, framework="pt") as f:
-            return f.get_tensor(key)
+            return f.get_tensor(key) if start is None and stop is None else f.get_slice(key)[start:stop]
 
 
 def is_lora_adapter(folder: str | os.PathLike) -> bool:
@@ -164,7 +168,10 @@ def open_adapter(folder: str | os.PathLike) -> Adapter:
     if weights is None:
         raise ConversionError(f"{folder}: no {' or '.join(ADAPTER_WEIGHTS)} next to {ADAPTER_CONFIG}")
     if weights.suffix == ".bin":  # older peft: a pickled state dict (small: only the factors)
-        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:
+            raise ConversionError(f"{weights}: not a readable PyTorch state dict ({e})") from e
         tensors = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
         return Adapter(folder, config, weights, tensors, state)
     from safetensors import safe_open
@@ -233,9 +240,14 @@ def _is_base_copy(adapter: Adapter, key: str, ckpt: Checkpoint) -> bool:
     if not name.endswith(".base_layer.weight"):
         return False
     source = _rename(name.removesuffix(".base_layer.weight"), ckpt) + ".weight"
-    if source not in ckpt.tensors or ckpt.tensors[source].shape != adapter.tensors[key][0]:
+    src = ckpt.tensors.get(source)
+    if src is None or src.shape != adapter.tensors[key][0]:
         return False
-    return torch.equal(adapter.load(key).float(), ckpt.load(source).float())
+    step = max(1, (16 << 20) // max(1, src.row_nbytes))  # compare in ~16 MB blocks of rows: no full copy in memory
+    return all(
+        torch.equal(adapter.load(key, i, i + step).float(), ckpt.load(source, i, i + step).float())
+        for i in range(0, src.shape[0], step)
+    )
 
 
 def collect_weights(adapter: Adapter, ckpt: Checkpoint) -> list[AdaptedWeight]:
@@ -244,12 +256,12 @@ def collect_weights(adapter: Adapter, ckpt: Checkpoint) -> list[AdaptedWeight]:
     Raises one error naming everything a llama.cpp text LoRA cannot hold, with the fix."""
     problems: list[str] = []
     settings = [
-        f"{what} ({key}={adapter.config[key]!r})"
+        f"{key}={adapter.config[key]!r} ({what})"
         for key, in_use, what in UNSUPPORTED_SETTINGS
         if in_use(adapter.config.get(key))
     ]
     if settings:
-        problems.append("uses " + "; ".join(settings))
+        problems.append("sets " + ", ".join(settings))
 
     weights: dict[str, AdaptedWeight] = {}
     towers, tied, extra, unknown = [], [], [], []
