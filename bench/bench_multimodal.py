@@ -2,7 +2,7 @@
 (transformers' Qwen3VLForConditionalGeneration and Qwen3-Omni audio encoder) on the same random weights.
 
 Shapes: decoder = Qwen3-0.6B, vision tower = Qwen3-VL-2B's (depth 24, width 1024, deepstack 5/11/17), audio tower =
-Qwen3-Omni's (32 layers, width 1280). fp32, CPU, batch 1; both sides in one process, interleaved round by round;
+Qwen3-Omni's (32 layers, width 1280). fp32, CPU, batch 1; both sides in one process, interleaved round by round (order alternating);
 reported as ours / native time ratios (> 1.0 means we are faster).
 
     .venv/bin/python bench/bench_multimodal.py [--rounds 3] [--threads 2]
@@ -20,6 +20,14 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3Omni
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
 from transformers_qwen3.presets import OMNI_AUDIO, VISION_SHAPES, text_config, vision_config
+
+
+def pair_round(i, native_fn, ours_fn):
+    """(native s, ours s) of one round; the order alternates by round so warm-cache and load drift hit both."""
+    if i % 2:
+        ours_s = timed(ours_fn, 1)
+        return timed(native_fn, 1), ours_s
+    return timed(native_fn, 1), timed(ours_fn, 1)
 
 
 def timed(fn, rounds):
@@ -65,19 +73,14 @@ def main(argv=None):
     pixels = torch.randn(28 * 28, 3 * 2 * 16 * 16)
     ids = torch.tensor([[151644, 872, 198, 151652] + [151655] * 196 + [151653, 3838, 374, 419, 30, 151645]])
     types = (ids == 151655).int()
-    rounds = []
-    for _ in range(args.rounds):
-        rounds.append(
-            (
-                timed(
-                    lambda: native_vl(
-                        input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types
-                    ),
-                    1,
-                ),
-                timed(lambda: ours(input_ids=ids, pixel_values=pixels, image_grid_thw=grid), 1),
-            )
+    rounds = [
+        pair_round(
+            i,
+            lambda: native_vl(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types),
+            lambda: ours(input_ids=ids, pixel_values=pixels, image_grid_thw=grid),
         )
+        for i in range(args.rounds)
+    ]
     vision_native = statistics.median(r[0] for r in rounds)
     vision_ours = statistics.median(r[1] for r in rounds)
 
@@ -88,14 +91,14 @@ def main(argv=None):
     )
     features, mask = feats["input_features"], feats["attention_mask"]
     flat = features.permute(0, 2, 1)[mask.bool()].permute(1, 0)
-    rounds = []
-    for _ in range(args.rounds):
-        rounds.append(
-            (
-                timed(lambda: native_audio(flat, feature_lens=mask.sum(-1)), 1),
-                timed(lambda: ours.model.get_audio_features(features, mask), 1),
-            )
+    rounds = [
+        pair_round(
+            i,
+            lambda: native_audio(flat, feature_lens=mask.sum(-1)),
+            lambda: ours.model.get_audio_features(features, mask),
         )
+        for i in range(args.rounds)
+    ]
     audio_native = statistics.median(r[0] for r in rounds)
     audio_ours = statistics.median(r[1] for r in rounds)
 
