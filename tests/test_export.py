@@ -431,9 +431,12 @@ def test_truncated_weights_fail_during_the_export_and_leave_nothing(tiny_src, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no OUT, no temporary folder
 
 
-def test_gguf_without_converter_is_a_clear_error(tiny_src, tmp_path, capsys):
-    if importlib.util.find_spec("transformers_qwen3.convert") is not None:
-        pytest.skip("the GGUF converter is installed; this checks the message when it is not")
+def test_gguf_without_converter_is_a_clear_error(tiny_src, tmp_path, capsys, monkeypatch):
+    # an installation without the converter: the import of transformers_qwen3.convert fails as if it were absent
+    import transformers_qwen3
+
+    monkeypatch.setitem(sys.modules, "transformers_qwen3.convert", None)
+    monkeypatch.delattr(transformers_qwen3, "convert", raising=False)
     _fails([tiny_src, tmp_path / "out", "--gguf", "q8_0"], capsys, "GGUF converter")
     assert list(tmp_path.iterdir()) == []
 
