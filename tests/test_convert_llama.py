@@ -99,33 +99,37 @@ def test_verify_cli(root, tmp_path, capsys):
 
 
 # --- media: mtmd's embeddings vs our towers (our layout, vision + audio in one mmproj) --------------------------
-@pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_image_embeddings_match_our_vision_tower(root, tmp_path, outtype):
+def _media_check(root, outtype, check):
+    """One verify check on our multimodal fixture, converted once per type for all the media tests."""
     src = checkpoint(root, "mm")
-    text, mmproj = convert_checkpoint(src, tmp_path, outtype, progress=False)
-    (result,) = verify(src, text, mmproj, checks=["image_embeddings"], n_threads=2)
-    print(f"\n{mmproj.name} {result.name}: {result.summary}")
+    out = root / f"mm-gguf-{outtype}"
+    if not out.is_dir():
+        convert_checkpoint(src, out, outtype, progress=False)
+    (mmproj,) = out.glob("mmproj-*.gguf")
+    (text,) = (p for p in out.glob("*.gguf") if p != mmproj)
+    (result,) = verify(src, text, mmproj, checks=[check], n_threads=2)
+    print(f"\n{text.name} + {mmproj.name} {result.name}: {result.summary}")
+    return result
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_image_embeddings_match_our_vision_tower(root, outtype):
+    result = _media_check(root, outtype, "image_embeddings")
     assert result.passed, result.summary
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_audio_embeddings_match_our_audio_tower(root, tmp_path, outtype):
+def test_audio_embeddings_match_our_audio_tower(root, outtype):
     """Needs the patched llama.cpp (ggml_patches/): token counts as transformers', rows zero-padded to the
     deepstack text model's input width."""
-    src = checkpoint(root, "mm")
-    text, mmproj = convert_checkpoint(src, tmp_path, outtype, progress=False)
-    (result,) = verify(src, text, mmproj, checks=["audio_embeddings"], n_threads=2)
-    print(f"\n{mmproj.name} {result.name}: {result.summary}")
+    result = _media_check(root, outtype, "audio_embeddings")
     assert result.passed, result.summary
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_greedy_generation_with_media_matches(root, tmp_path, outtype):
+def test_greedy_generation_with_media_matches(root, outtype):
     """image+text, audio+text, image+audio+text: same prompt length, same greedy tokens, close last logits."""
-    src = checkpoint(root, "mm")
-    text, mmproj = convert_checkpoint(src, tmp_path, outtype, progress=False)
-    (result,) = verify(src, text, mmproj, checks=["generation"], n_threads=2)
-    print(f"\n{text.name} {result.name}: {result.summary}")
+    result = _media_check(root, outtype, "generation")
     assert len(result.metrics) == 3 and result.passed, result.summary
 
 
