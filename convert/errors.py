@@ -1,5 +1,7 @@
 """The one exception type conversion raises for bad input: its message says what is wrong and how to fix it."""
 
+from ..errors import UserError
 
-class ConversionError(ValueError):
+
+class ConversionError(UserError, ValueError):
     """A checkpoint or output location that cannot be converted; nothing partial is left behind."""

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
+from .errors import FolderError
 from .hub import atomic_folder, copy_code_files, save_preprocessing, set_auto_map
 from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 from .presets import preset_config
@@ -28,7 +29,7 @@ INDEX_NAME = "model.safetensors.index.json"
 NON_MODEL_KEYS = {"architectures", "model_type", "auto_map", "transformers_version", "_name_or_path"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FolderError):
     """A source checkpoint that cannot be used; the message names the file or tensor and what was expected."""
 
 

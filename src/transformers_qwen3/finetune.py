@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
 # content-part type -> media kind (as the processor and chat template name them)
@@ -48,7 +50,7 @@ MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_gr
 AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A training record that cannot be used; the message names the file and line."""
 
 

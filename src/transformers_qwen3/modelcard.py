@@ -31,6 +31,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .errors import UserError
+
 PROVENANCE_FILE = "qwen3_multimodal_provenance.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 GGUF_QUALITY_FILE = "gguf_quality.json"
@@ -95,7 +97,7 @@ _SAFETENSORS_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I3
                      "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8}  # fmt: skip
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A problem with the user's input, stated so that they can fix it."""
 
 
