@@ -19,8 +19,9 @@ from safetensors.torch import save_file
 
 from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
 from .errors import FolderError
-from .hub import atomic_folder, copy_code_files, save_preprocessing, set_auto_map
+from .hub import copy_code_files, save_preprocessing, set_auto_map
 from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+from .outputs import atomic_folder, check_destination
 from .presets import preset_config
 
 SHARD_BYTES = 2 * 1024**3
@@ -138,6 +139,7 @@ def init_checkpoint(
     shard_bytes: int = SHARD_BYTES,
 ) -> Path:
     """Write a randomly initialised checkpoint of ``preset`` to ``dst`` (bf16 by default except ``tiny``)."""
+    check_destination(dst, force=force)  # before building anything
     config = Qwen3MultimodalConfig(**preset_config(preset))
     dtype = dtype or (torch.float32 if preset.startswith("tiny") else torch.bfloat16)
     config.dtype = dtype
@@ -290,6 +292,8 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
     ``from_pretrained`` with transformers' key mapping, holding the model once in its stored dtype.
     """
     src = Path(src)
+    sources = [src] + ([Path(audio_from)] if audio_from is not None else [])
+    check_destination(dst, force=force, sources=sources)  # before any heavy reading
     raw = read_config_json(src)
     model_type = raw.get("model_type")
     if model_type not in IMPORTERS:
@@ -328,7 +332,7 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
     dtype = stored_dtype(shards[0])  # keep the tensors as stored, whatever config.json claims
     config.dtype = dtype
 
-    with atomic_folder(dst, force=force) as tmp:
+    with atomic_folder(dst, force=force, sources=sources) as tmp:
         if key_mapping is None and not omni_shards:
             for shard in shards:
                 shutil.copyfile(shard, tmp / shard.name)

@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import UserError
+
 VERBS = {
     "init": ("transformers_qwen3.commands:Init", "write a randomly initialised checkpoint of a preset shape"),
     "import": ("transformers_qwen3.commands:Import", "import a native Qwen3 checkpoint into our Hub layout"),
@@ -42,12 +44,33 @@ def main(argv=None) -> int:
             verb.add_arguments(sub)
             sub.set_defaults(run=verb.run)
     args = parser.parse_args(argv)
+    # Bad input is reported as one line; anything else is a bug and keeps its traceback.
     try:
         return args.run(args) or 0
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as err:
-        # Bad input is reported as one line; tracebacks are for bugs.
-        print(f"transformers-qwen3 {args.verb}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        # the writers' context managers have already removed their temporary outputs on the way up
+        print(f"transformers-qwen3 {args.verb}: interrupted (unfinished outputs were removed)", file=sys.stderr)
+        return 130
+    except UserError as err:
+        return _one_line(args.verb, err)
+    except ValueError as err:
+        if not _is_media_error(err):
+            raise
+        return _one_line(args.verb, err)
+
+
+def _one_line(verb: str, err: Exception) -> int:
+    message = " ".join(str(err).split())
+    print(f"transformers-qwen3 {verb}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _is_media_error(err: Exception) -> bool:
+    """The Hub code's MediaError cannot derive from UserError (Hub files import only transformers); its class matches
+    every remote-code copy of itself, so one isinstance check covers a folder's copy too."""
+    from .processing_qwen3_multimodal import MediaError
+
+    return isinstance(err, MediaError)
 
 
 if __name__ == "__main__":

@@ -72,13 +72,32 @@ class Generate:
         parser.add_argument("--max-new-tokens", type=int, default=64)
         parser.add_argument("--raw", action="store_true", help="tokenize the prompt as is, without the chat template")
         parser.add_argument("--thinking", action="store_true", help="let the model think first (enable_thinking)")
+        parser.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="run MODEL's own code files instead of the installed package's (only for folders you trust)",
+        )
 
     @staticmethod
     def run(args):
+        import sys
+
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+        from .hub import code_differences
+
+        # Without --trust-remote-code the installed classes (registered by importing this package) load the folder:
+        # its code files never run, and so neither do their media rules for --prompt's tags.
+        differing = code_differences(args.model)
+        if differing and not args.trust_remote_code:
+            print(
+                f"note: {args.model}'s {', '.join(differing)} differ from the installed transformers-qwen3; running "
+                "the installed code (--trust-remote-code runs the folder's own)",
+                file=sys.stderr,
+            )
+        trust = args.trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=trust).eval()
         if args.raw:
             inputs = tokenizer(args.prompt, return_tensors="pt")
         else:

@@ -13,9 +13,10 @@ transformers one, and lets llama.cpp users browse only the files they can run.
 Both folders are built in temporary folders beside OUT and renamed at the end, so a failure leaves nothing behind.
 ``--push REPO_ID`` then uploads OUT to REPO_ID (and OUT-GGUF to REPO_ID-GGUF) with huggingface_hub.
 
-The remote-code files come from the source folder, not from the installed package: they are the code the weights
-were saved and tested with, and the code ``from_pretrained(MODEL, trust_remote_code=True)`` ran here. A folder
-without them (saved by a pip user through the registered classes) gets the installed package's copies.
+The folder's own code never runs unless asked: MODEL is loaded with the installed package's classes, and OUT gets
+the installed package's remote-code files. A MODEL whose code files differ from the package's is refused, naming the
+files: ``--replace-code`` ships the package's files instead, ``--trust-remote-code`` loads MODEL with its own code
+and ships that code as is (only for folders you trust).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .hub import HUB_FILES, MODEL_AUTO_MAP, atomic_folder
+from .hub import HUB_FILES, MODEL_AUTO_MAP, code_differences, copy_code_files
 from .modelcard import (
     EVAL_RESULTS_FILE,
     GGUF_QUALITY_FILE,
@@ -46,6 +47,7 @@ from .modelcard import (
     read_provenance,
     resolve_license,
 )
+from .outputs import atomic_folder, check_destination
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 TOKENIZER_FILES = (
@@ -108,13 +110,18 @@ def _check_source(src: Path) -> dict:
 
 
 def _check_destinations(src: Path, out: Path, gguf_out: Path | None, force: bool) -> None:
-    s = src.resolve()
     for dst in filter(None, (out, gguf_out)):
-        d = dst.resolve()
-        if d == s or d in s.parents or s in d.parents:
-            raise ExportError(f"OUT ({dst}) must not be MODEL ({src}), contain it, or lie inside it.")
-        if dst.exists() and not force:
-            raise ExportError(f"{dst} already exists; choose another OUT or pass --force to replace it.")
+        check_destination(dst, force=force, sources=[src])
+
+
+def _check_code(src: Path, trust_remote_code: bool, replace_code: bool) -> None:
+    differing = code_differences(src)
+    if differing and not (trust_remote_code or replace_code):
+        raise ExportError(
+            f"{src}'s code files differ from the installed transformers-qwen3's ({', '.join(differing)}); an export "
+            "would publish code this package did not write. Pass --replace-code to ship the installed package's "
+            "files instead, or --trust-remote-code to load and ship the folder's own code (folders you trust only)."
+        )
 
 
 def parse_gguf_types(text: str | None) -> list[str]:
@@ -158,41 +165,39 @@ def _check_repo_id(repo_id: str | None) -> None:
 # ---- writing ---------------------------------------------------------------------------------------------------
 
 
-def _load(src: Path, multimodal: bool):
+def _load(src: Path, multimodal: bool, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=True, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=trust_remote_code, dtype="auto")
     except Exception as err:  # transformers raises OSError / ValueError / safetensors errors, all bad input here
         raise ExportError(f"cannot load the model from {src}: {' '.join(str(err).split())}") from err
     try:
         loader = AutoProcessor if multimodal else AutoTokenizer
-        loader.from_pretrained(src, trust_remote_code=True)  # only to prove it loads; the files are copied as is
+        loader.from_pretrained(src, trust_remote_code=trust_remote_code)  # proves it loads; files are copied as is
     except Exception as err:
         what = "processor" if multimodal else "tokenizer"
         raise ExportError(f"cannot load the {what} from {src}: {' '.join(str(err).split())}") from err
     return model
 
 
-def _write_model_folder(src: Path, tmp: Path, multimodal: bool, max_shard_size: str) -> None:
+def _write_model_folder(src: Path, tmp: Path, multimodal: bool, max_shard_size: str, trust_remote_code: bool) -> None:
     source_auto_map = json.loads((src / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
-    model = _load(src, multimodal)
+    model = _load(src, multimodal, trust_remote_code)
     # save_pretrained writes only the saving class's auto_map entry unless the whole map is set (entries merge)
     model.config.auto_map = {**MODEL_AUTO_MAP, **source_auto_map}
     model.save_pretrained(tmp, max_shard_size=max_shard_size)
     del model
-    for name in HUB_FILES + TOKENIZER_FILES + PROCESSOR_FILES + RECORD_FILES + ("generation_config.json",):
+    code = HUB_FILES if trust_remote_code else ()  # otherwise the installed package's files (below)
+    for name in code + TOKENIZER_FILES + PROCESSOR_FILES + RECORD_FILES + ("generation_config.json",):
         if (src / name).is_file():
             shutil.copyfile(src / name, tmp / name)
-    missing = [name for name in HUB_FILES if not (tmp / name).is_file()]
-    if missing:  # a folder saved without remote code: ship the installed package's files
-        from .hub import copy_code_files
-
+    if not all((tmp / name).is_file() for name in HUB_FILES):
         copy_code_files(tmp)
     saved = json.loads((tmp / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
     lost = sorted(set(MODEL_AUTO_MAP) - set(saved))
     if lost:
-        raise AssertionError(f"save_pretrained dropped auto_map entries {lost}")  # a bug, not bad input
+        raise RuntimeError(f"save_pretrained dropped auto_map entries {lost}")  # a bug, not bad input
 
 
 def _write_ggufs(tmp_model: Path, gtmp: Path, types: list[str], name: str) -> list[Path]:
@@ -202,7 +207,7 @@ def _write_ggufs(tmp_model: Path, gtmp: Path, types: list[str], name: str) -> li
         for path in convert_checkpoint(tmp_model, gtmp, outtype, name=name, force=True):
             path = Path(path)
             if path.parent.resolve() != gtmp.resolve():
-                raise AssertionError(f"the converter wrote {path} outside {gtmp}")
+                raise RuntimeError(f"the converter wrote {path} outside {gtmp}")  # a bug, not bad input
             if path not in files:
                 files.append(path)
     return files
@@ -217,6 +222,8 @@ def export_model(
     repo_id: str | None = None,
     max_shard_size: str = DEFAULT_SHARD_SIZE,
     force: bool = False,
+    trust_remote_code: bool = False,
+    replace_code: bool = False,
 ) -> ExportResult:
     """Write the repository folder ``out`` (and ``out``-GGUF when ``gguf_types``); see the module docstring."""
     src, out = Path(src), Path(out)
@@ -224,6 +231,7 @@ def export_model(
     gguf_out = out.with_name(out.name + "-GGUF") if gguf_types else None
     config = _check_source(src)
     _check_destinations(src, out, gguf_out, force)
+    _check_code(src, trust_remote_code, replace_code)
     if gguf_types:
         _converter()  # fail now, not after the weights were written
     license_choice = resolve_license(src, license_id)
@@ -236,9 +244,9 @@ def export_model(
     gguf_repo_id = f"{repo_id}-GGUF" if repo_id and gguf_types else None
 
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(atomic_folder(out, force=force))
-        gtmp = stack.enter_context(atomic_folder(gguf_out, force=force)) if gguf_out else None
-        _write_model_folder(src, tmp, multimodal, max_shard_size)
+        tmp = stack.enter_context(atomic_folder(out, force=force, sources=[src]))
+        gtmp = stack.enter_context(atomic_folder(gguf_out, force=force, sources=[src])) if gguf_out else None
+        _write_model_folder(src, tmp, multimodal, max_shard_size, trust_remote_code)
         facts = inspect_model_folder(tmp, name=out.name)
         ggufs: list[GGUFFacts] = []
         reference = None
@@ -315,17 +323,28 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: 
     fake Hub (tests/hub_server.py) in a subprocess.
     """
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
+    # HfHubHTTPError derives from its HTTP library's base error (httpx or httpx2, whichever this huggingface_hub
+    # uses), which also covers unreachable endpoints: catching its bases catches both without naming the library.
+    network_errors = (HfHubHTTPError, *HfHubHTTPError.__bases__)
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True, private=private or None)
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        revision=revision,
-        commit_message=commit_message or f"Upload {Path(folder).name} with transformers-qwen3 export",
-    )
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=private or None)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=revision,
+            commit_message=commit_message or f"Upload {Path(folder).name} with transformers-qwen3 export",
+        )
+    except network_errors as err:
+        raise ExportError(
+            f"uploading {folder} to {repo_id} failed ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+            f"{folder} is complete on disk: check the endpoint, your token (`hf auth login`) and rights, then push "
+            f"it again with `hf upload {repo_id} {folder}`."
+        ) from err
     return info.commit_url
 
 
@@ -348,6 +367,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repo-id", metavar="REPO_ID", help="Hub id to name in the card when not pushing")
     parser.add_argument("--max-shard-size", default=DEFAULT_SHARD_SIZE, help="safetensors shard size (default 5GB)")
     parser.add_argument("--force", action="store_true", help="replace OUT (and OUT-GGUF) if they exist")
+    code = parser.add_mutually_exclusive_group()
+    code.add_argument(
+        "--replace-code",
+        action="store_true",
+        help="ship the installed package's code files where MODEL's differ from them",
+    )
+    code.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="load MODEL with its own code files and ship them as they are (only for folders you trust)",
+    )
 
 
 def run(args) -> int:
@@ -364,6 +394,8 @@ def run(args) -> int:
         repo_id=args.push or args.repo_id,
         max_shard_size=args.max_shard_size,
         force=args.force,
+        trust_remote_code=args.trust_remote_code,
+        replace_code=args.replace_code,
     )
     print(f"licence: {result.license.title} ({result.license.origin})")
     for path in result.files + result.gguf_files:
@@ -377,16 +409,10 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    import argparse
+    """``python -m transformers_qwen3.export`` is the CLI's ``export`` verb."""
+    from .cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="transformers-qwen3 export", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError) as err:
-        print(f"transformers-qwen3 export: error: {err}", file=sys.stderr)
-        return 2
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Writing our Hub layout: weights + config with a complete ``auto_map`` + the three code files + tokenizer.
 
 A folder written here loads with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` on a
-machine where this package is not installed. Every writer goes through :func:`atomic_folder`, so a failure never
-leaves a half-written destination.
+machine where this package is not installed. Every writer goes through :func:`.outputs.atomic_folder`, so a failure
+never leaves a half-written destination.
 """
 
-import contextlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
+
+from .outputs import atomic_folder
 
 PACKAGE_DIR = Path(__file__).parent
 HUB_FILES = (
@@ -29,31 +29,21 @@ TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "processing_qwen3_multimodal.Qwen3
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_qwen3_multimodal.Qwen3MultimodalProcessor"}
 
 
-@contextlib.contextmanager
-def atomic_folder(dst: Path, force: bool = False):
-    """Yield a temporary folder beside ``dst``; on success it replaces ``dst``, on error it is removed."""
-    dst = Path(dst)
-    if dst.exists() and not force:
-        raise FileExistsError(f"{dst} already exists; choose another destination or pass --force to replace it.")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
-        yield tmp
-        # mkdtemp (and some writers) create private files; a published model folder is world-readable
-        tmp.chmod(0o755)
-        for path in tmp.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def copy_code_files(folder: Path) -> None:
     for name in HUB_FILES:
         shutil.copyfile(PACKAGE_DIR / name, Path(folder) / name)
+
+
+def code_differences(folder: Path) -> list[str]:
+    """The Hub code files in ``folder`` that differ from the installed package's (absent ones are not listed).
+
+    A folder's code runs only when the user asks (``trust_remote_code``); the CLI uses the installed classes and
+    reports these so that a modified folder is never run, nor shipped onward, silently."""
+    return [
+        name
+        for name in HUB_FILES
+        if (Path(folder) / name).is_file() and (Path(folder) / name).read_bytes() != (PACKAGE_DIR / name).read_bytes()
+    ]
 
 
 def set_auto_map(config) -> None:
