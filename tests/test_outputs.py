@@ -174,6 +174,18 @@ def test_init_killed_mid_write_is_cleaned_by_the_next_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small"]
 
 
+def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path):
+    proc = subprocess.Popen([*CLI, "init", "big", "--preset", "0.6b"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(".big.*.tmp")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- a folder's code runs only when asked ---------------------------------------------------------------------------
 
 
