@@ -410,8 +410,8 @@ def test_unknown_gguf_type(tiny_src, tmp_path, capsys):
 
 def test_out_inside_model_is_refused(tiny_src, tmp_path, capsys):
     src = _linked_copy(tiny_src, tmp_path / "src")
-    _fails([src, src / "export", "--force"], capsys, "must not be MODEL")
-    _fails([src, src, "--force"], capsys, "must not be MODEL")
+    _fails([src, src / "export", "--force"], capsys, "must not be the source")
+    _fails([src, src, "--force"], capsys, "must not be the source")
     assert (src / "config.json").is_file() and not (src / "export").exists()
 
 
@@ -464,8 +464,10 @@ def _fake_converter(calls, fail=False):
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        if fail:
-            raise ValueError("converter failed half-way")
+        if fail:  # the converter's own error type for bad input (a UserError, as the CLI expects)
+            from transformers_qwen3.convert.errors import ConversionError
+
+            raise ConversionError("converter failed half-way")
         return [path]
 
     return convert_checkpoint
