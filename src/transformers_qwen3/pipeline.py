@@ -28,13 +28,25 @@ class Pipeline:
     Lists give a batch: every list argument has one entry per prompt (an entry may itself be a list of several
     media for that prompt, or ``None``); a single value is shared by all prompts. ``pipe.stream(...)`` yields the
     text piece by piece as it is generated (one prompt).
+
+    ``media_tags=False`` (here, in ``from_pretrained`` or per call) leaves ``<image>SRC</image>``-like text as plain
+    text, e.g. for a question about HTML; ``None`` follows the tokenizer's ``media_tags`` (default on). Media
+    placeholders typed into ``text`` or ``system`` (``<|image_pad|>`` ...) are refused with ``MediaError``: pass
+    media through ``images`` / ``audio`` / ``videos`` or a tag.
     """
 
-    def __init__(self, model, processor: Qwen3MultimodalProcessor, media_policy: MediaPolicy | None = None):
+    def __init__(
+        self,
+        model,
+        processor: Qwen3MultimodalProcessor,
+        media_policy: MediaPolicy | None = None,
+        media_tags: bool | None = None,
+    ):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.media_policy = media_policy
+        self.media_tags = media_tags
 
     @classmethod
     def from_pretrained(
@@ -44,6 +56,7 @@ class Pipeline:
         media_policy: MediaPolicy | None = None,
         allow_network: bool | None = None,
         allowed_roots=None,
+        media_tags: bool | None = None,
         **model_kwargs,
     ) -> "Pipeline":
         """Load the model and processor of a folder (or Hub id) in our layout.
@@ -66,7 +79,7 @@ class Pipeline:
         else:
             processor = Qwen3MultimodalProcessor.from_pretrained(path)
         model = Qwen3MultimodalForConditionalGeneration.from_pretrained(path, **model_kwargs)
-        return cls(model, processor, media_policy=media_policy)
+        return cls(model, processor, media_policy=media_policy, media_tags=media_tags)
 
     # ---- inputs ------------------------------------------------------------------------------------------------
 
@@ -100,7 +113,7 @@ class Pipeline:
         messages = [{"role": "system", "content": system}] if system else []
         return messages + [{"role": "user", "content": content}]
 
-    def _inputs(self, text, images, audio, videos, system, enable_thinking):
+    def _inputs(self, text, images, audio, videos, system, enable_thinking, media_tags):
         rows, batched = self._batch(text, images, audio, videos)
         template_kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         inputs = self.processor.apply_chat_template(
@@ -110,6 +123,7 @@ class Pipeline:
             return_dict=True,
             return_tensors="pt",
             media_policy=self.media_policy,
+            media_tags=self.media_tags if media_tags is None else media_tags,
             **template_kwargs,
         )
         return inputs.to(self.model.device), batched
@@ -133,11 +147,12 @@ class Pipeline:
         max_new_tokens: int | None = None,
         system: str | None = None,
         enable_thinking: bool | None = None,
+        media_tags: bool | None = None,
         **generate_kwargs,
     ) -> str | list[str]:
         """Generate; returns the new text (a list of texts for a batch). ``generate_kwargs`` go to
         ``model.generate`` (``do_sample``, ``temperature`` ...)."""
-        inputs, batched = self._inputs(text, images, audio, videos, system, enable_thinking)
+        inputs, batched = self._inputs(text, images, audio, videos, system, enable_thinking, media_tags)
         with torch.no_grad():
             out = self.model.generate(**inputs, **self._generate_kwargs(max_length, max_new_tokens, generate_kwargs))
         new = out[:, inputs["input_ids"].shape[1] :]
@@ -156,12 +171,13 @@ class Pipeline:
         system: str | None = None,
         enable_thinking: bool | None = None,
         timeout: float | None = None,
+        media_tags: bool | None = None,
         **generate_kwargs,
     ) -> Iterator[str]:
         """Yield the generated text piece by piece (one prompt), using transformers' ``TextIteratorStreamer``."""
         from transformers import TextIteratorStreamer
 
-        inputs, batched = self._inputs(text, images, audio, videos, system, enable_thinking)
+        inputs, batched = self._inputs(text, images, audio, videos, system, enable_thinking, media_tags)
         if batched and inputs["input_ids"].shape[0] != 1:
             raise ValueError("stream() takes one prompt; call the pipeline itself for a batch")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)

@@ -13,8 +13,10 @@ Media (everything below the tokenizer):
 
 - One loader (:func:`load_image`, :func:`load_video`, :func:`load_audio`, all through :func:`read_source`) serves the
   tokenizer's inline tags, the processor, the chat template and the Pipeline. Sources named in text are untrusted:
-  network off unless enabled, local files only below allowed roots, byte / pixel / duration caps, and every failure
-  is one :class:`MediaError` naming the tag and the reason. See :class:`MediaPolicy`.
+  network off unless enabled, local files only below allowed roots, byte / pixel / duration caps per item and in
+  total per prompt (checked from headers before anything is decoded), and every failure is one :class:`MediaError`
+  naming the tag and the reason, never echoing a file's contents. See :class:`MediaPolicy`. Placeholder tokens
+  typed into message text are refused (:func:`refuse_media_specials`).
 - Images: transformers' ``Qwen2VLImageProcessorPil`` configured as Qwen3-VL (patch 16, merge 2, temporal patch 2,
   mean/std 0.5) with llama.cpp mtmd's Qwen3-VL limits (8 to 4096 merged tokens per image). Audio: transformers'
   ``WhisperFeatureExtractor`` (128 mel bins, 16 kHz); token counts from Qwen3-Omni's
@@ -32,6 +34,9 @@ Where we differ from the native processors:
 - Audio files are resampled to 16 kHz by linear interpolation (no anti-alias filter) and downmixed to mono.
 - Sources are never handed to transformers' ``load_image`` / ``load_audio`` (they fetch any URL, follow any
   redirect, have no size caps and open any path).
+- Images past the image processor's 200:1 aspect-ratio limit, and audio with non-finite samples or samples beyond
+  ±16, are refused with a MediaError before processing (transformers raises a plain ValueError for the first and
+  computes NaN features for the second).
 """
 
 import base64
@@ -42,7 +47,9 @@ import math
 import os
 import re
 import stat
+import sys
 import time
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -71,22 +78,48 @@ class Qwen3MultimodalTokenizer(Qwen2Tokenizer):
     ``pixel_values_videos`` / ``video_grid_thw``) beside the ids, ready for ``model.generate(**inputs)``. The
     image/audio settings come from the processor config saved in the tokenizer's folder (or the defaults). The
     loader policy is ``tok.media_policy`` (a :class:`MediaPolicy`; default: from the environment), or per call
-    ``media_policy=``; ``media_tags=False`` tokenizes tags as plain text.
+    ``media_policy=``. ``media_tags=False`` (per call, or the attribute ``tok.media_tags``, saved in
+    tokenizer_config.json) tokenizes tags as plain text.
+
+    Media placeholders (``<|image_pad|>``, ``<|vision_start|>`` ...) typed into chat message text or into text with
+    inline tags are refused with a :class:`MediaError` (see :func:`refuse_media_specials`). Text without tags keeps
+    Qwen3's behaviour: there the placeholders are special tokens, as in a prompt a chat template rendered.
     """
 
     media_policy = None  # None: MediaPolicy() from the environment at call time
+
+    @property
+    def media_tags(self) -> bool:
+        """Whether inline tags load media (the default) or stay plain text. Kept in ``init_kwargs`` so that
+        ``save_pretrained`` writes it to tokenizer_config.json (a saved ``false`` only ever turns loading off)."""
+        return self.__dict__.get("init_kwargs", {}).get("media_tags", True) is not False
+
+    @media_tags.setter
+    def media_tags(self, value: bool):
+        self.init_kwargs["media_tags"] = bool(value)
 
     def _encode_plus(self, text, text_pair=None, **kwargs):
         # The one path behind `__call__`, `encode` and `apply_chat_template(tokenize=True)`. Text without media tags
         # goes straight to the parent, so its ids are exactly Qwen3's.
         policy = kwargs.pop("media_policy", None)
-        media_tags = kwargs.pop("media_tags", True)
+        media_tags = kwargs.pop("media_tags", None)
+        if media_tags is None:
+            media_tags = self.media_tags
         if media_tags and text_pair is None and not kwargs.get("is_split_into_words") and has_media_tags(text):
             return self._encode_with_media(text, policy, **kwargs)
         return super()._encode_plus(text, text_pair, **kwargs)
 
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        # transformers' sanitize_control_tokens=True encodes typed control tokens as text itself: nothing to refuse
+        if not kwargs.get("sanitize_control_tokens"):
+            refuse_specials_in_chat(conversation)
+        return super().apply_chat_template(conversation, *args, **kwargs)
+
     def _encode_with_media(self, text, policy, **kwargs):
         batched = not isinstance(text, str)
+        for one in [text] if not batched else text:
+            if isinstance(one, str):  # the tokenizer has no media to put behind a typed placeholder
+                refuse_media_specials(one, "text with inline media tags, which the tokenizer reads")
         encoder = self.media_encoder()
         texts, features = encoder.expand(list(text) if batched else [text], policy=policy or self.media_policy)
         return_tensors = kwargs.get("return_tensors")
@@ -117,14 +150,50 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # never EPS & co.
 
 
 class MediaError(ValueError):
-    """A media source could not be used. ``tag`` names where it came from, ``reason`` says why."""
+    """A media source could not be used. ``tag`` names where it came from, ``reason`` says why.
+
+    There is one such class per process, whichever copy of this file made it (see :func:`_one_class_per_process`),
+    so ``except transformers_qwen3.MediaError`` also catches the errors of a model folder's remote-code copy.
+    """
 
     def __init__(self, tag: str, source, reason: str):
         self.tag, self.source, self.reason = tag, source, reason
-        shown = source if isinstance(source, str) else f"<{type(source).__name__}>"
-        if len(shown) > 80:
-            shown = shown[:60] + "…" + shown[-10:]
-        super().__init__(f"{tag} {shown!r}: {reason}")
+        shown = self._shown(source)
+        super().__init__(f"{tag} {shown}: {reason}" if shown else f"{tag}: {reason}")
+
+    @staticmethod
+    def _shown(source) -> str:
+        if source is None:
+            return ""
+        if not isinstance(source, str):
+            return f"<{type(source).__name__}>"
+        if source[:5].lower() == "data:":  # a data: URI is the file itself: name its type, never echo its payload
+            return repr(f"{source.partition(',')[0][:40]},… ({len(source)} chars)")
+        if len(source) > 80:
+            source = source[:60] + "…" + source[-10:]
+        return repr(source)
+
+
+_MEDIA_ERROR_REGISTRY = "_qwen3_multimodal_media_error"  # rename if MediaError's constructor ever changes
+
+
+def _one_class_per_process(cls: type) -> type:
+    """The first MediaError class made in this process, whichever copy of this file made it.
+
+    Remote code imports this file again per model folder (``transformers_modules.<folder>.processing_...``) beside
+    the installed ``transformers_qwen3`` copy, and ``except`` matches real subclasses only (it ignores a
+    metaclass's ``__subclasscheck__``). So every copy must raise the very same class: the first registers it under a
+    stable name in ``sys.modules`` (no import of our package needed) and later copies take it from there.
+    """
+    registry = sys.modules.get(_MEDIA_ERROR_REGISTRY)
+    if registry is None:
+        registry = types.ModuleType(_MEDIA_ERROR_REGISTRY, "The one MediaError class of this process.")
+        registry.MediaError = cls
+        registry = sys.modules.setdefault(_MEDIA_ERROR_REGISTRY, registry)  # atomic: two racing copies agree
+    return registry.MediaError
+
+
+MediaError = _one_class_per_process(MediaError)
 
 
 def _env_flag(name: str) -> bool:
@@ -141,6 +210,12 @@ class MediaPolicy:
     max_bytes: largest file / download / data URI accepted.  timeout_s: total time for one download.
     max_image_pixels: largest decoded image (width × height); Pillow's own decompression-bomb guard stays on too.
     max_audio_seconds: longest audio clip.  max_video_frames: most frames read from one video file.
+
+    Totals for all the sources of one prompt (each text of a batch has its own), checked from file headers before
+    anything is decoded, because small files can claim large sizes (an 8 KB 1-bit PNG decodes to 8000x8000 RGB):
+    max_items: sources named.  max_total_bytes: bytes read.  max_total_pixels: image pixels plus the pixels of the
+    video frames decoded.  max_total_audio_seconds: audio duration. Media passed already decoded (PIL images,
+    arrays) are the caller's and count towards none of these.
     """
 
     allow_network: bool | None = None
@@ -152,6 +227,10 @@ class MediaPolicy:
     max_audio_seconds: float = 600.0
     max_video_frames: int = 1024
     max_video_pixels: int = 2_000_000_000  # summed over the frames read from one video file
+    max_items: int = 64
+    max_total_bytes: int = 256 * 2**20
+    max_total_pixels: int = 256_000_000  # ~768 MB as RGB: 4 images at the per-image cap, 2 clips of 64 HD frames
+    max_total_audio_seconds: float = 1200.0
 
     def network_allowed(self) -> bool:
         return _env_flag(NETWORK_ENV) if self.allow_network is None else bool(self.allow_network)
@@ -170,6 +249,45 @@ def _policy(policy) -> MediaPolicy:
     return MediaPolicy() if policy is None else policy
 
 
+class MediaBudget:
+    """What the sources of one prompt have cost so far, against the policy's totals (``max_items``,
+    ``max_total_bytes``, ``max_total_pixels``, ``max_total_audio_seconds``)."""
+
+    LIMITS = {  # what is counted -> (policy field, unit)
+        "items": ("max_items", "media sources"),
+        "bytes": ("max_total_bytes", "bytes"),
+        "pixels": ("max_total_pixels", "pixels"),
+        "seconds": ("max_total_audio_seconds", "seconds of audio"),
+    }
+
+    def __init__(self, policy: MediaPolicy):
+        self.policy = policy
+        self.spent = dict.fromkeys(self.LIMITS, 0)
+
+    def charge(self, tag: str, source, what: str, amount) -> None:
+        field_name, unit = self.LIMITS[what]
+        limit, total = getattr(self.policy, field_name), self.spent[what] + amount
+        if total > limit:
+            shown = f"{total:.1f}" if isinstance(total, float) else str(total)
+            raise MediaError(
+                tag,
+                source,
+                f"the media of this prompt come to {shown} {unit}, over the {limit} allowed for one prompt; "
+                f"raise MediaPolicy.{field_name} to allow more",
+            )
+        self.spent[what] = total
+
+
+_QUOTED_RE = re.compile(r"""b?'[^']*'|b?"[^"]*\"""")
+
+
+def _detail(e: Exception) -> str:
+    """``Type: message`` of a decoder's or fetcher's exception, fit for a MediaError: quoted fragments dropped
+    (decoders quote the bytes they choke on, e.g. Pillow's "broken PNG file (chunk b'....')", and a message must
+    never echo a file's contents) and cut to 120 characters."""
+    return f"{type(e).__name__}: {_QUOTED_RE.sub('…', str(e))[:120]}"
+
+
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
 
 
@@ -185,7 +303,7 @@ def read_source(source, policy: MediaPolicy | None = None, tag: str = "<media>")
     except MediaError:
         raise
     except (OSError, ValueError, UnicodeError) as e:  # e.g. a malformed URL that urllib refuses to split
-        raise MediaError(tag, source, f"bad source ({type(e).__name__}: {e})") from None
+        raise MediaError(tag, source, f"bad source ({_detail(e)})") from None
 
 
 def _read_source(source: str, policy: MediaPolicy, tag: str) -> bytes:
@@ -332,11 +450,23 @@ def _read_url(src: str, policy: MediaPolicy, tag: str) -> bytes:
     except urllib.error.URLError as e:
         raise MediaError(tag, src, f"cannot fetch ({e.reason})") from None
     except (TimeoutError, OSError, ValueError, http.client.HTTPException) as e:
-        raise MediaError(tag, src, f"cannot fetch ({type(e).__name__}: {e})") from None
+        raise MediaError(tag, src, f"cannot fetch ({_detail(e)})") from None
     return b"".join(chunks)
 
 
 # ---- decoders ------------------------------------------------------------------------------------------------------
+#
+# Each medium is loaded in two steps: a probe reads the source and checks its header (size, frame count, duration)
+# against the per-item caps and the prompt's MediaBudget; ``decode()`` then does the expensive part. The encoder
+# probes every medium of a prompt before it decodes any, so a prompt over budget costs only the reads.
+
+
+@dataclass
+class _Probed:
+    """A medium whose source was read and whose header passed the checks; not decoded yet."""
+
+    decode: object  # () -> the decoded medium
+    dims: tuple = ()  # (width, height) of the image or of each video frame, when known
 
 
 def _pil(tag, source):
@@ -357,7 +487,7 @@ def _open_image(data: bytes, policy: MediaPolicy, tag: str, source):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise MediaError(tag, source, f"image rejected as a decompression bomb ({e})") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on malformed input; all mean "not an image"
-        raise MediaError(tag, source, f"cannot decode image ({type(e).__name__}: {e})") from None
+        raise MediaError(tag, source, f"cannot decode image ({_detail(e)})") from None
     width, height = image.size
     if width * height > policy.max_image_pixels:
         raise MediaError(tag, source, f"image is {width}x{height}, over the {policy.max_image_pixels}-pixel cap")
@@ -373,29 +503,47 @@ def _to_rgb(image, tag, source):
         image = ImageOps.exif_transpose(image)  # as transformers' load_image: camera photos come out upright
         return image.convert("RGB")
     except Exception as e:  # noqa: BLE001 - truncated / corrupt data surfaces only when decoding pixels
-        raise MediaError(tag, source, f"cannot decode image ({type(e).__name__}: {e})") from None
+        raise MediaError(tag, source, f"cannot decode image ({_detail(e)})") from None
 
 
 SOURCE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview)  # what the loader reads; anything else is decoded
 
 
-def _source_bytes(source, policy: MediaPolicy, tag: str) -> bytes:
+def _source_bytes(source, policy: MediaPolicy, tag: str, budget: MediaBudget) -> bytes:
     """A source string through :func:`read_source`; raw file bytes as they are (under the same byte cap)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) > policy.max_bytes:
             raise MediaError(tag, source, f"{len(source)} bytes, over the {policy.max_bytes}-byte cap")
-        return bytes(source)
-    return read_source(source, policy, tag)
+        data = bytes(source)
+    else:
+        data = read_source(source, policy, tag)
+    budget.charge(tag, source, "bytes", len(data))
+    return data
 
 
-def load_image(source, policy: MediaPolicy | None = None, tag: str = "<image>"):
+def _dims(image) -> tuple:
+    """(width, height) of a PIL image or an image array, channels first or last (as transformers infers them)."""
+    if hasattr(image, "size") and not hasattr(image, "shape"):
+        return tuple(image.size)
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) != 3:
+        return ()  # not an image the processor reads: it says so itself
+    return (shape[2], shape[1]) if shape[0] in (1, 3) else (shape[1], shape[0])
+
+
+def probe_image(source, policy: MediaPolicy, tag: str, budget: MediaBudget) -> _Probed:
+    if not isinstance(source, SOURCE_TYPES):
+        return _Probed(lambda: source, _dims(source))
+    image = _open_image(_source_bytes(source, policy, tag, budget), policy, tag, source)
+    budget.charge(tag, source, "pixels", image.size[0] * image.size[1])
+    return _Probed(lambda: _to_rgb(image, tag, source), image.size)
+
+
+def load_image(source, policy: MediaPolicy | None = None, tag: str = "<image>", budget: MediaBudget | None = None):
     """An RGB PIL image from a source string or the bytes of an image file; other inputs (PIL images, arrays)
     are returned as they are."""
-    if not isinstance(source, SOURCE_TYPES):
-        return source
     policy = _policy(policy)
-    data = _source_bytes(source, policy, tag)
-    return _to_rgb(_open_image(data, policy, tag, source), tag, source)
+    return probe_image(source, policy, tag, budget or MediaBudget(policy)).decode()
 
 
 @dataclass
@@ -406,29 +554,51 @@ class Video:
     times: list = field(default_factory=list)
 
 
+def probe_video(
+    source, policy: MediaPolicy, tag: str, budget: MediaBudget, fps: float = 2.0, max_frames: int = 64
+) -> _Probed:
+    if isinstance(source, Video) or not isinstance(source, SOURCE_TYPES):
+        video = _given_video(source, tag, fps, max_frames)
+        return _Probed(lambda: video, _dims(video.frames[0]) if video.frames else ())
+    image = _open_image(_source_bytes(source, policy, tag, budget), policy, tag, source)
+    n_frames = getattr(image, "n_frames", 1)
+    if n_frames > policy.max_video_frames:
+        raise MediaError(tag, source, f"video has {n_frames} frames, over the {policy.max_video_frames}-frame cap")
+    if n_frames * image.size[0] * image.size[1] > policy.max_video_pixels:
+        raise MediaError(tag, source, f"video has more than {policy.max_video_pixels} pixels in all")
+    picks = _uniform(_frame_picks(image, n_frames, fps, tag, source), max_frames)
+    budget.charge(tag, source, "pixels", len(picks) * image.size[0] * image.size[1])
+    return _Probed(lambda: _decode_frames(image, picks, tag, source), image.size)
+
+
 def load_video(
-    source, policy: MediaPolicy | None = None, tag: str = "<video>", fps: float = 2.0, max_frames: int = 64
+    source,
+    policy: MediaPolicy | None = None,
+    tag: str = "<video>",
+    fps: float = 2.0,
+    max_frames: int = 64,
+    budget: MediaBudget | None = None,
 ) -> Video:
     """Frames of a multi-frame image file (animated GIF / WebP / PNG, multi-page TIFF) sampled at ``fps``.
 
     Non-file inputs pass through: a ``Video``, a list of frames, or an array [T, H, W, 3] (taken as sampled at
     ``fps``). At most ``max_frames`` frames are kept (uniformly).
     """
+    policy = _policy(policy)
+    return probe_video(source, policy, tag, budget or MediaBudget(policy), fps, max_frames).decode()
+
+
+def _given_video(source, tag, fps, max_frames) -> Video:
     if isinstance(source, Video):
         return _subsample(source, max_frames)
-    if not isinstance(source, SOURCE_TYPES):
-        frames = list(source)
-        if not frames:
-            raise MediaError(tag, "<frames>", "a video needs at least one frame")
-        return _subsample(Video(frames, [i / fps for i in range(len(frames))]), max_frames)
-    policy = _policy(policy)
-    data = _source_bytes(source, policy, tag)
-    image = _open_image(data, policy, tag, source)
-    n_frames = getattr(image, "n_frames", 1)
-    if n_frames > policy.max_video_frames:
-        raise MediaError(tag, source, f"video has {n_frames} frames, over the {policy.max_video_frames}-frame cap")
-    if n_frames * image.size[0] * image.size[1] > policy.max_video_pixels:
-        raise MediaError(tag, source, f"video has more than {policy.max_video_pixels} pixels in all")
+    frames = list(source)
+    if not frames:
+        raise MediaError(tag, "<frames>", "a video needs at least one frame")
+    return _subsample(Video(frames, [i / fps for i in range(len(frames))]), max_frames)
+
+
+def _frame_picks(image, n_frames: int, fps: float, tag, source) -> list:
+    """(frame index, time) of the frame on screen at 0, 1/fps, 2/fps ... (at least one), from the frame durations."""
     try:
         # frame start times from the per-frame durations (ms); frames without one count as 100 ms
         starts, end = [], 0.0
@@ -436,19 +606,24 @@ def load_video(
             image.seek(index)
             starts.append(end)
             end += max(float(image.info.get("duration") or 100), 1.0) / 1000.0
-        # sample at `fps`: the frame on screen at 0, 1/fps, 2/fps ... (at least one frame)
-        picks, j = [], 0
-        for k in range(max(1, math.ceil(end * fps))):
-            while j + 1 < n_frames and starts[j + 1] <= k / fps:
-                j += 1
-            picks.append((j, k / fps))
-        picks = _uniform(picks, max_frames)
-        frames = []
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on malformed frames
+        raise MediaError(tag, source, f"cannot decode video frame ({_detail(e)})") from None
+    picks, j = [], 0
+    for k in range(max(1, math.ceil(end * fps))):
+        while j + 1 < n_frames and starts[j + 1] <= k / fps:
+            j += 1
+        picks.append((j, k / fps))
+    return picks
+
+
+def _decode_frames(image, picks: list, tag, source) -> Video:
+    frames = []
+    try:
         for index, _ in picks:
             image.seek(index)
             frames.append(image.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on malformed frames
-        raise MediaError(tag, source, f"cannot decode video frame ({type(e).__name__}: {e})") from None
+        raise MediaError(tag, source, f"cannot decode video frame ({_detail(e)})") from None
     return Video(frames, [when for _, when in picks])
 
 
@@ -467,6 +642,28 @@ def _subsample(video: Video, max_frames: int) -> Video:
     return Video([f for f, _ in pairs], [t for _, t in pairs])
 
 
+# Float audio is nominally within [-1, 1]. Hot masters and unnormalised mixes go a few dB over, so samples up to
+# this bound (+24 dBFS) are kept as they are. Beyond it a file is not audio at that scale: integer PCM stored as
+# float (±32768), garbage or a hostile file; its mel power overflows float32 (1e30² is inf) and the model's logits
+# turn NaN. We refuse it rather than clip: clipping would hand the model a square wave of garbage with no sign
+# that anything was wrong, while the error says how to fix the input.
+MAX_AUDIO_SAMPLE = 16.0
+
+
+def _check_samples(audio: torch.Tensor, tag, source) -> torch.Tensor:
+    if not torch.isfinite(audio).all():
+        raise MediaError(tag, source, "audio contains NaN or infinite samples")
+    peak = audio.abs().max().item() if audio.numel() else 0.0
+    if peak > MAX_AUDIO_SAMPLE:
+        raise MediaError(
+            tag,
+            source,
+            f"audio samples reach {peak:.3g}, far outside [-1, 1] (more than {MAX_AUDIO_SAMPLE:g}); float audio "
+            "must be scaled to [-1, 1] (divide 16-bit PCM by 32768)",
+        )
+    return audio
+
+
 def _as_float_tensor(array, tag, source):
     try:
         tensor = torch.as_tensor(array, dtype=torch.float32)
@@ -476,8 +673,6 @@ def _as_float_tensor(array, tag, source):
         tensor = tensor.mean(dim=1 if tensor.shape[1] <= tensor.shape[0] else 0)
     if tensor.ndim != 1:
         raise MediaError(tag, source, f"audio must be 1-D (mono samples), got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all():
-        raise MediaError(tag, source, "audio contains NaN or infinite samples")
     return tensor
 
 
@@ -493,40 +688,62 @@ def resample(audio: torch.Tensor, rate: int, target: int) -> torch.Tensor:
     return audio[left] * (1 - frac) + audio[right] * frac
 
 
-def load_audio(
+def _soundfile(tag, source):
+    try:
+        import soundfile
+    except ImportError:
+        raise MediaError(tag, source, "decoding audio files needs soundfile: pip install soundfile") from None
+    return soundfile
+
+
+def probe_audio(
     source,
-    policy: MediaPolicy | None = None,
-    tag: str = "<audio>",
+    policy: MediaPolicy,
+    tag: str,
+    budget: MediaBudget,
     sampling_rate: int = 16000,
     source_rate: int | None = None,
-) -> torch.Tensor:
-    """Mono float32 samples at ``sampling_rate`` from a source string (decoded with soundfile), or from an array
-    (taken to be at ``source_rate``, default ``sampling_rate``)."""
-    policy = _policy(policy)
+) -> _Probed:
+    def finish(audio, rate):
+        return _finish_audio(audio, rate, policy, tag, source, sampling_rate)
+
     if not isinstance(source, SOURCE_TYPES):
         audio = _as_float_tensor(source, tag, source)
-        rate = source_rate or sampling_rate
-    else:
-        data = _source_bytes(source, policy, tag)
-        try:
-            import soundfile
-        except ImportError:
-            raise MediaError(tag, source, "decoding audio files needs soundfile: pip install soundfile") from None
-        try:
-            with soundfile.SoundFile(io.BytesIO(data)) as f:
-                rate, n = f.samplerate, f.frames
-                if rate <= 0:
-                    raise MediaError(tag, source, f"bad sample rate {rate}")
-                if n / rate > policy.max_audio_seconds:
-                    raise MediaError(
-                        tag, source, f"audio is {n / rate:.1f} s, over the {policy.max_audio_seconds} s cap"
-                    )
-                samples = f.read(frames=int(policy.max_audio_seconds * rate) + 1, dtype="float32", always_2d=True)
-        except MediaError:
-            raise
-        except Exception as e:  # noqa: BLE001 - libsndfile reports malformed data through several types
-            raise MediaError(tag, source, f"cannot decode audio ({type(e).__name__}: {e})") from None
-        audio = torch.from_numpy(samples).mean(dim=1)
+        return _Probed(lambda: finish(audio, source_rate or sampling_rate))
+    data = _source_bytes(source, policy, tag, budget)
+    soundfile = _soundfile(tag, source)
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            rate, n = f.samplerate, f.frames
+    except Exception as e:  # noqa: BLE001 - libsndfile reports malformed data through several types
+        raise MediaError(tag, source, f"cannot decode audio ({_detail(e)})") from None
+    if rate <= 0:
+        raise MediaError(tag, source, f"bad sample rate {rate}")
+    if n / rate > policy.max_audio_seconds:
+        raise MediaError(tag, source, f"audio is {n / rate:.1f} s, over the {policy.max_audio_seconds} s cap")
+    budget.charge(tag, source, "seconds", n / rate)
+
+    def decode():
+        audio = _decode_audio(soundfile, data, int(policy.max_audio_seconds * rate) + 1, tag, source)
+        budget.charge(tag, source, "seconds", max(0.0, audio.numel() / rate - n / rate))  # a header that lied
+        return finish(audio, rate)
+
+    return _Probed(decode)
+
+
+def _decode_audio(soundfile, data: bytes, max_frames: int, tag, source) -> torch.Tensor:
+    """Mono float32 samples of an audio file, at most ``max_frames`` of them (at its own rate)."""
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            samples = f.read(frames=max_frames, dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - libsndfile reports malformed data through several types
+        raise MediaError(tag, source, f"cannot decode audio ({_detail(e)})") from None
+    return torch.from_numpy(samples).mean(dim=1)
+
+
+def _finish_audio(audio: torch.Tensor, rate: int, policy: MediaPolicy, tag, source, sampling_rate: int):
+    """Checked samples at ``sampling_rate``."""
+    _check_samples(audio, tag, source)
     if audio.numel() / rate > policy.max_audio_seconds:
         raise MediaError(
             tag, source, f"audio is {audio.numel() / rate:.1f} s, over the {policy.max_audio_seconds} s cap"
@@ -537,11 +754,26 @@ def load_audio(
     return audio
 
 
+def load_audio(
+    source,
+    policy: MediaPolicy | None = None,
+    tag: str = "<audio>",
+    sampling_rate: int = 16000,
+    source_rate: int | None = None,
+    budget: MediaBudget | None = None,
+) -> torch.Tensor:
+    """Mono float32 samples at ``sampling_rate`` from a source string (decoded with soundfile), or from an array
+    (taken to be at ``source_rate``, default ``sampling_rate``)."""
+    policy = _policy(policy)
+    return probe_audio(source, policy, tag, budget or MediaBudget(policy), sampling_rate, source_rate).decode()
+
+
 # ====================================================================================================================
 # Tags and placeholders in text
 # ====================================================================================================================
 
 IMAGE_TOKEN, VIDEO_TOKEN, AUDIO_TOKEN = "<|image_pad|>", "<|video_pad|>", "<|audio_pad|>"
+PLACEHOLDERS = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN, "audio": AUDIO_TOKEN}
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 AUDIO_START, AUDIO_END = "<|audio_start|>", "<|audio_end|>"
 TAG_KINDS = {"image": "image", "img": "image", "video": "video", "audio": "audio"}
@@ -556,6 +788,46 @@ _ITEM_RE = re.compile(
     rf"|(?P<image>{re.escape(IMAGE_TOKEN)})"
     rf"|(?P<audio>{re.escape(AUDIO_TOKEN)})"
 )
+
+
+# Typed into text where the media come from elsewhere (chat message text, text with inline tags), these would pass
+# as real placeholders: the processor fails on the count, or the model reads the user's text as media. We refuse
+# them rather than escape them (encode them as plain text): the processor renders the chat to one string before it
+# expands placeholders, so it cannot tell a typed placeholder from one the template wrote, and only a refusal can be
+# the same at every entry point (tokenizer, processor, chat template, Pipeline). The refusal names the token and
+# says how to pass media. Direct processor calls and tokenizer text without tags are prompts, where placeholders are
+# the syntax and stay allowed; text that must show these strings to the model can go through the tokenizer's
+# ``apply_chat_template(..., sanitize_control_tokens=True)``, where transformers encodes them as text.
+MEDIA_SPECIALS = (IMAGE_TOKEN, VIDEO_TOKEN, AUDIO_TOKEN, VISION_START, VISION_END, AUDIO_START, AUDIO_END)
+_SPECIALS_RE = re.compile("|".join(re.escape(t) for t in MEDIA_SPECIALS))
+
+
+def refuse_media_specials(text: str, where: str) -> None:
+    """Raise :class:`MediaError` if ``text`` holds a media placeholder or start/end token."""
+    match = _SPECIALS_RE.search(text)
+    if match:
+        raise MediaError(
+            match.group(),
+            None,
+            f"media placeholder typed in {where}. Placeholders are written by the chat template and the processor, "
+            "never typed: pass media as a chat content part ({'type': 'image', 'image': SRC}), an inline "
+            "<image>SRC</image> tag, or the processor's images= / videos= / audio= arguments",
+        )
+
+
+def refuse_specials_in_chat(conversation) -> None:
+    """:func:`refuse_media_specials` on the text of every message of a chat (or a batch of chats)."""
+    batched = isinstance(conversation, (list, tuple)) and conversation and not isinstance(conversation[0], dict)
+    for chat in conversation if batched else [conversation]:
+        for message in getattr(chat, "messages", chat):
+            if not isinstance(message, dict):
+                continue
+            content, role = message.get("content"), message.get("role", "a")
+            parts = content if isinstance(content, (list, tuple)) else [content]
+            texts = [p.get("text") if isinstance(p, dict) and p.get("type") == "text" else p for p in parts]
+            for text in [*texts, message.get("reasoning_content")]:
+                if isinstance(text, str):
+                    refuse_media_specials(text, f"{role} message text")
 
 
 def has_media_tags(text) -> bool:
@@ -609,6 +881,38 @@ def flatten_media(items, kind: str) -> list:
             return [items]  # one clip as a list of samples
         return [y for x in items for y in flatten_media(x, kind)]
     raise ValueError(f"cannot use a {type(items).__name__} as {kind} input")
+
+
+# transformers' smart_resize refuses images more elongated than this, with a plain ValueError that names no tag
+MAX_ASPECT_RATIO = 200
+
+
+def _check_aspect_ratio(dims: tuple, tag: str, source) -> None:
+    width, height = dims
+    if min(width, height) < 1:
+        raise MediaError(tag, source, "image has no pixels")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise MediaError(
+            tag,
+            source,
+            f"image is {width}x{height}: its aspect ratio is over the image processor's {MAX_ASPECT_RATIO}:1 limit; "
+            "crop or pad it",
+        )
+
+
+@dataclass
+class _Item:
+    """One medium of a text: where it sits, its kind, its source (or the decoded medium passed as an argument)."""
+
+    start: int
+    end: int
+    kind: str  # image / video / audio
+    media: object
+    tag: str  # names it in errors: "<img>" for a tag, "<image> (image input #0)" for an argument
+    inline: bool  # an inline tag (wrapped in start/end tokens when expanded), not a placeholder
+    decode: object = None  # set by the probe
+    loaded: object = None
+    text: str = ""  # the placeholder text that replaces it
 
 
 # ====================================================================================================================
@@ -780,95 +1084,106 @@ class MediaEncoder:
         """Expand placeholders and inline tags in ``texts``; return the new texts and the media features.
 
         Media passed as arguments fill the placeholders (``<|image_pad|>``, ``<|video_pad|>``, ``<|audio_pad|>``)
-        in order across the batch; tags bring their own source. All media are loaded before anything is encoded,
-        so a bad source fails the whole call.
+        in order across the batch; tags bring their own source. Every medium of every prompt is read and its
+        header checked (per-item caps, the prompt's totals, the aspect ratio) before any is decoded, and all are
+        decoded before any is encoded, so a bad or too costly source fails the whole call early.
         """
         policy = _policy(policy)
-        given = {
-            "image": flatten_media(images, "image"),
-            "video": flatten_media(videos, "video"),
-            "audio": flatten_media(audio, "audio"),
-        }
-        items = []  # per text: list of (start, end, kind, media or None)
-        used = {"image": 0, "video": 0, "audio": 0}
+        items = self._find_media(texts, images, videos, audio, parse_tags)
+        for found in items:
+            self._probe_prompt(found, policy, sampling_rate)
+        ordered = [item for found in items for item in found]
+        for item in ordered:
+            item.loaded = item.decode()
+        features = self._encode(ordered, images_kwargs)
+        return [self._write(text, found) for text, found in zip(texts, items, strict=True)], features
+
+    @staticmethod
+    def _find_media(texts, images, videos, audio, parse_tags: bool) -> list:
+        """Per text, its media (:class:`_Item`) in order: inline tags and the placeholders the arguments fill."""
+        given = {kind: flatten_media(x, kind) for kind, x in (("image", images), ("video", videos), ("audio", audio))}
+        used = dict.fromkeys(given, 0)
+        items = []
         for text in texts:
             if not isinstance(text, str):
                 raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
             found = []
             for m in _ITEM_RE.finditer(text):
                 if m.group("tag"):
-                    if not parse_tags:
-                        continue
-                    kind = TAG_KINDS[m.group("tag")]
-                    found.append([m.start(), m.end(), kind, ("tag", m.group("src").strip(), f"<{m.group('tag')}>")])
+                    if parse_tags:
+                        kind, tag = TAG_KINDS[m.group("tag")], f"<{m.group('tag')}>"
+                        found.append(_Item(m.start(), m.end(), kind, m.group("src").strip(), tag, inline=True))
                     continue
-                kind = m.lastgroup
-                index = used[kind]
+                kind, index = m.lastgroup, used[m.lastgroup]
                 used[kind] += 1
                 media = given[kind][index] if index < len(given[kind]) else None
-                found.append([m.start(), m.end(), kind, ("given", media, f"{kind} input #{index}")])
+                found.append(_Item(m.start(), m.end(), kind, media, f"<{kind}> ({kind} input #{index})", inline=False))
             items.append(found)
         for kind, n in used.items():
             if n != len(given[kind]):
-                token = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN, "audio": AUDIO_TOKEN}[kind]
-                raise ValueError(
-                    f"The text has {n} {token} placeholder(s) but {len(given[kind])} {kind} input(s) were passed. "
-                    f"Each {kind} needs one placeholder (a chat-template {kind} part writes one), or name it inline "
-                    f"with a <{kind}>SRC</{kind}> tag instead."
+                token = PLACEHOLDERS[kind]
+                raise MediaError(
+                    token,
+                    None,
+                    f"the text has {n} {token} placeholder(s) but {len(given[kind])} {kind} input(s) were passed. "
+                    f"Each {kind} passed needs one placeholder (a chat content part of type {kind!r} writes one); "
+                    f"a <{kind}>SRC</{kind}> tag names one inline instead. Placeholders are never typed as text.",
                 )
+        return items
 
-        # 1) load everything (a failure here leaves nothing half-done)
-        rate = self.feature_extractor.sampling_rate
-        for found in items:
-            for entry in found:
-                kind, (origin, media, label) = entry[2], entry[3]
-                tag = label if origin == "tag" else f"<{kind}> ({label})"
-                if kind == "image":
-                    loaded = load_image(media, policy, tag)
-                elif kind == "video":
-                    loaded = load_video(media, policy, tag, fps=self.video_fps, max_frames=self.max_video_frames)
-                else:
-                    loaded = load_audio(media, policy, tag, sampling_rate=rate, source_rate=sampling_rate)
-                entry[3] = loaded
+    def _probe_prompt(self, found: list, policy: MediaPolicy, sampling_rate) -> None:
+        """Read and check the media of one prompt against one budget, without decoding; sets each ``decode``."""
+        budget = MediaBudget(policy)
+        for item in found:  # counted before anything is read
+            if isinstance(item.media, SOURCE_TYPES):
+                budget.charge(item.tag, item.media, "items", 1)
+        for item in found:
+            if item.kind == "image":
+                probed = probe_image(item.media, policy, item.tag, budget)
+            elif item.kind == "video":
+                probed = probe_video(item.media, policy, item.tag, budget, self.video_fps, self.max_video_frames)
+            else:
+                rate = self.feature_extractor.sampling_rate
+                probed = probe_audio(item.media, policy, item.tag, budget, rate, sampling_rate)
+            if probed.dims:
+                _check_aspect_ratio(probed.dims, item.tag, item.media)
+            item.decode = probed.decode
 
-        # 2) encode per modality, in order of appearance across the batch
-        ordered = [entry for found in items for entry in found]
-        features, replacement = {}, {}
-        image_entries = [e for e in ordered if e[2] == "image"]
-        if image_entries:
-            feats, texts_ = self.encode_images([e[3] for e in image_entries], **(images_kwargs or {}))
+    def _encode(self, ordered: list, images_kwargs) -> dict:
+        """The features of all media, per modality in order of appearance; sets each item's placeholder text."""
+        features = {}
+        images = [item for item in ordered if item.kind == "image"]
+        if images:
+            feats, texts = self.encode_images([item.loaded for item in images], **(images_kwargs or {}))
             features.update(feats)
-            replacement.update({id(e): t for e, t in zip(image_entries, texts_, strict=True)})
-        video_entries = [e for e in ordered if e[2] == "video"]
-        if video_entries:
-            encoded = [self.encode_video(e[3]) for e in video_entries]
+            for item, text in zip(images, texts, strict=True):
+                item.text = text
+        videos = [item for item in ordered if item.kind == "video"]
+        if videos:
+            encoded = [self.encode_video(item.loaded) for item in videos]
             features["pixel_values_videos"] = torch.cat([x[0] for x in encoded])
             features["video_grid_thw"] = torch.stack([x[1] for x in encoded])
-            replacement.update({id(e): x[2] for e, x in zip(video_entries, encoded, strict=True)})
-        audio_entries = [e for e in ordered if e[2] == "audio"]
-        if audio_entries:
-            feats, texts_ = self.encode_audio([e[3] for e in audio_entries])
+            for item, x in zip(videos, encoded, strict=True):
+                item.text = x[2]
+        clips = [item for item in ordered if item.kind == "audio"]
+        if clips:
+            feats, texts = self.encode_audio([item.loaded for item in clips])
             features.update(feats)
-            replacement.update({id(e): t for e, t in zip(audio_entries, texts_, strict=True)})
+            for item, text in zip(clips, texts, strict=True):
+                item.text = text
+        return features
 
-        # 3) write the texts
-        out = []
-        for text, found in zip(texts, items, strict=True):
-            pieces, last = [], 0
-            for entry in found:
-                start, end, kind = entry[0], entry[1], entry[2]
-                pieces.append(text[last:start])
-                body = replacement[id(entry)]
-                if text[start:end].startswith("<") and not text[start:end].startswith("<|"):  # a tag: add wrappers
-                    if kind == "image":
-                        body = VISION_START + body + VISION_END
-                    elif kind == "audio":
-                        body = AUDIO_START + body + AUDIO_END
-                pieces.append(body)
-                last = end
-            pieces.append(text[last:])
-            out.append("".join(pieces))
-        return out, features
+    @staticmethod
+    def _write(text: str, found: list) -> str:
+        pieces, last = [], 0
+        for item in found:
+            body = item.text
+            if item.inline:  # a tag brings no wrappers, a placeholder keeps its own (video text has one per pair)
+                wrap = {"image": (VISION_START, VISION_END), "audio": (AUDIO_START, AUDIO_END)}.get(item.kind)
+                body = wrap[0] + body + wrap[1] if wrap else body
+            pieces += [text[last : item.start], body]
+            last = item.end
+        return "".join(pieces) + text[last:]
 
     @staticmethod
     def check_token_counts(input_ids, texts):
@@ -921,6 +1236,9 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
     ``<img>``, ``<video>`` and ``<audio>`` tags bring their own source through the media loader.
 
     Runtime options that are never saved: ``media_policy`` (attribute or per call) for the loader.
+    ``media_tags=False`` per call leaves inline tags as plain text; by default the processor follows its tokenizer's
+    ``media_tags`` (saved in tokenizer_config.json; default on). Typed placeholders in chat message text are refused
+    (see :func:`refuse_media_specials`).
     """
 
     # saved in processor_config.json beside the image processor and feature extractor settings
@@ -987,7 +1305,7 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
         return_tensors=None,
         sampling_rate=None,
         media_policy=None,
-        media_tags=True,
+        media_tags=None,
         text_kwargs=None,
         images_kwargs=None,
         audio_kwargs=None,
@@ -1000,6 +1318,8 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
         if audio_kwargs and "sampling_rate" in audio_kwargs:
             sampling_rate = audio_kwargs["sampling_rate"]
         policy = media_policy or self.media_policy
+        if media_tags is None:
+            media_tags = getattr(self.tokenizer, "media_tags", True)
         if text is None:
             if images is None and videos is None and audio is None:
                 raise ValueError("Pass text and/or media to the processor.")
@@ -1082,6 +1402,7 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
         )
         conversations = list(conversation) if batched else [conversation]
         conversations = [c.messages if hasattr(c, "messages") else c for c in conversations]
+        refuse_specials_in_chat(conversations)  # also done by our tokenizer's template; the tokenizer may be another
         media = {"image": [], "video": [], "audio": []}
         rendered_convs = []
         for conv in conversations:
