@@ -337,6 +337,9 @@ FRAGMENTS = st.sampled_from(
         "%2e%2e/",
         "文",
         "\n",
+        "<|image_pad|>",  # typed placeholders: a MediaError too, never a plain ValueError
+        "<|vision_start|>",
+        "<|audio_pad|>",
     ]
 )
 TEXT = st.lists(st.one_of(FRAGMENTS, st.text(max_size=8)), max_size=12).map("".join)
