@@ -153,7 +153,7 @@ class MediaError(ValueError):
     """A media source could not be used. ``tag`` names where it came from, ``reason`` says why.
 
     There is one such class per process, whichever copy of this file made it (see :func:`_one_class_per_process`),
-    so ``except transformers_qwen3.MediaError`` also catches the errors of a model folder's remote-code copy.
+    so an ``except`` naming the installed package's ``MediaError`` also catches a model folder's remote-code copy's.
     """
 
     def __init__(self, tag: str, source, reason: str):
