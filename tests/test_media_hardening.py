@@ -275,6 +275,17 @@ def test_media_tags_off_on_the_pipeline(root, processor):
         Pipeline(RecordingModel(), processor)(text=HTML)
 
 
+def test_media_tags_off_on_the_command_line(root, capsys):
+    from transformers_qwen3.cli import main
+
+    model = root / "tiny"
+    assert main(["init", str(model), "--preset", "tiny-mm"]) == 0
+    assert main(["generate", str(model), "--prompt", HTML, "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "file not found" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["generate", str(model), "--prompt", HTML, "--max-new-tokens", "1", "--no-media-tags"]) == 0
+
+
 # ---- 5. placeholder tokens typed into text -----------------------------------------------------------------------------
 
 

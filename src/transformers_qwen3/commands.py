@@ -73,6 +73,11 @@ class Generate:
         parser.add_argument("--raw", action="store_true", help="tokenize the prompt as is, without the chat template")
         parser.add_argument("--thinking", action="store_true", help="let the model think first (enable_thinking)")
         parser.add_argument(
+            "--no-media-tags",
+            action="store_true",
+            help="keep <image>/<img>/<audio>/<video> tags in the prompt as plain text (e.g. a question about HTML)",
+        )
+        parser.add_argument(
             "--trust-remote-code",
             action="store_true",
             help="run MODEL's own code files instead of the installed package's (only for folders you trust)",
@@ -97,7 +102,8 @@ class Generate:
             )
         trust = args.trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=trust).eval()
+        if args.no_media_tags:
+            tokenizer.media_tags = False  # the tokenizer's switch; its chat template path reads it too
         if args.raw:
             inputs = tokenizer(args.prompt, return_tensors="pt")
         else:
@@ -109,6 +115,8 @@ class Generate:
                 return_tensors="pt",
                 return_dict=True,
             )
+        # the prompt (and its media) is checked before the weights are loaded
+        model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=trust).eval()
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
