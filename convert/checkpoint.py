@@ -1,4 +1,5 @@
-"""Read a checkpoint folder: its config (three supported layouts) and a lazy index over its safetensors.
+"""Read a checkpoint folder: its config (three supported layouts) and a lazy index over its safetensors, each file
+checked as it is read; `validate_folder` is the one check every verb runs on a model folder before using it.
 
 Layouts are an explicit registry keyed by `config.json`'s ``model_type``, never guessed from names or READMEs:
 
@@ -7,6 +8,11 @@ Layouts are an explicit registry keyed by `config.json`'s ``model_type``, never 
 - ``qwen3``: a native ``Qwen3ForCausalLM`` (flat config, text only).
 - ``qwen3_vl``: a native ``Qwen3VLForConditionalGeneration``; its ``model.language_model.`` prefix folds into
   ``model.``, so its text keys become Qwen3ForCausalLM's.
+
+Which files hold the weights (`weight_files`) follows transformers' own loader: ``model.safetensors`` if present,
+else the shards ``model.safetensors.index.json`` lists. Unlike transformers (and safetensors, whose errors are
+`SafetensorError`, `struct.error` or `MemoryError` on a bad file), everything here fails with one
+`CheckpointFolderError` naming the file, the problem and the fix; an index may name only files inside the folder.
 
 Nothing here reads tensor data until `Checkpoint.load` is called for one tensor.
 """
@@ -21,9 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from .errors import ConversionError
+from .errors import CheckpointFolderError
+from .validate import check_config, check_tensors
+
+CONFIG_NAME = "config.json"
+SINGLE_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+# safetensors refuses headers over 100 MB itself; a length beyond that is a corrupt file, not a big model
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,11 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 # Tower configs we can convert, by their `model_type`: what llama.cpp's qwen3vl_merger / qwen3a projectors implement.
-VISION_MODEL_TYPES = {"qwen3_vl_vision": "Qwen3-VL vision tower (Qwen3VLVisionModel)"}
+# Qwen3-VL's released config.json names its vision tower "qwen3_vl" (transformers 5 writes "qwen3_vl_vision").
+VISION_MODEL_TYPES = {
+    "qwen3_vl_vision": "Qwen3-VL vision tower (Qwen3VLVisionModel)",
+    "qwen3_vl": "Qwen3-VL vision tower, as Qwen3-VL's released config.json names it",
+}
 AUDIO_MODEL_TYPES = {"qwen3_omni_moe_audio_encoder": "Qwen3-Omni audio encoder (Qwen3OmniMoeAudioEncoder)"}
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -50,6 +66,15 @@ def supported_summary() -> str:
     layouts = ", ".join(f"{mt!r} ({lay.description})" for mt, lay in LAYOUTS.items())
     towers = ", ".join(f"{mt!r}" for mt in (*VISION_MODEL_TYPES, *AUDIO_MODEL_TYPES))
     return f"supported model_type values: {layouts}; supported tower configs: {towers}"
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One entry of a safetensors header, checked against the file."""
+
+    dtype: str  # "F32" / "F16" / "BF16"
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the file
 
 
 @dataclass(frozen=True)
@@ -94,8 +119,10 @@ class Checkpoint:
         buf = bytearray(nbytes)
         with open(src.file, "rb", buffering=0) as f:
             f.seek(src.offset + start * src.row_nbytes)
-            if f.readinto(buf) != nbytes:
-                raise ConversionError(f"{src.file}: truncated data for tensor {src.stored_name!r}")
+            if f.readinto(buf) != nbytes:  # the file shrank after it was checked
+                raise CheckpointFolderError(
+                    f"{src.file}: truncated data for tensor {src.stored_name!r}; was it changed during conversion?"
+                )
         t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[src.dtype]) if nbytes else torch.empty(0)
         return t.reshape((stop - start, *src.shape[1:]) if src.shape else ())
 
@@ -111,38 +138,54 @@ class Checkpoint:
         path = self.folder / filename
         if not path.is_file():
             return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json_object(path, "re-save it or download it again")
+
+
+# --- reading JSON ----------------------------------------------------------------------------------------------------
+def read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        raise CheckpointFolderError(f"{path}: not valid JSON ({e}); {fix}") from e
+    if not isinstance(value, dict):
+        raise CheckpointFolderError(f"{path}: must hold a JSON object {{...}}, not a {_json_type(value)}; {fix}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
     if not folder.is_dir():
-        raise ConversionError(
+        raise CheckpointFolderError(
             f"{folder}: not a folder; pass the checkpoint folder (with config.json and *.safetensors)"
         )
+    path = folder / CONFIG_NAME
     if not path.is_file():
-        raise ConversionError(f"{folder}: no config.json; pass a Hugging Face checkpoint folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path}: not valid JSON ({e})") from e
+        raise CheckpointFolderError(f"{folder}: no config.json; pass a Hugging Face checkpoint folder")
+    return read_json_object(path, "restore the checkpoint's config.json")
 
 
-def _split_config(config: dict[str, Any]) -> tuple[str, dict, dict | None, dict | None]:
+def _split_config(config: dict[str, Any], path: Path) -> tuple[str, dict, dict | None, dict | None]:
     model_type = config.get("model_type")
-    if model_type not in LAYOUTS:
-        arch = (config.get("architectures") or ["?"])[0]
-        raise ConversionError(
-            f"model_type {model_type!r} ({arch}) cannot be converted: llama.cpp's qwen3 / qwen3vl text model and "
-            f"the qwen3vl_merger / qwen3a projectors implement only this family; {supported_summary()}"
+    if not isinstance(model_type, str) or model_type not in LAYOUTS:
+        architectures = config.get("architectures")
+        arch = architectures[0] if isinstance(architectures, list) and architectures else "?"
+        raise CheckpointFolderError(
+            f"{path}: model_type {model_type!r} ({arch}) is not a checkpoint of the Qwen3 family this tool reads (the "
+            f"family llama.cpp's qwen3 / qwen3vl text models and qwen3vl_merger / qwen3a projectors implement); "
+            f"{supported_summary()}"
         )
     if model_type == "qwen3":
         return model_type, config, None, None
     text = config.get("text_config")
     if not isinstance(text, dict):
-        raise ConversionError(f"config.json of model_type {model_type!r} has no text_config")
+        raise CheckpointFolderError(
+            f"{path}: model_type {model_type!r} needs a text_config object (got {_json_type(text)}); "
+            "restore the checkpoint's config.json"
+        )
     vision = config.get("vision_config")
     audio = config.get("audio_config") if model_type == "qwen3_multimodal" else None
     for kind, sub, allowed in (
@@ -151,62 +194,229 @@ def _split_config(config: dict[str, Any]) -> tuple[str, dict, dict | None, dict 
     ):
         if sub is None:
             continue
-        sub_type = sub.get("model_type")
+        if not isinstance(sub, dict):
+            raise CheckpointFolderError(
+                f"{path}: {kind} must be an object or null, not a {_json_type(sub)}; restore the checkpoint's "
+                "config.json"
+            )
+        sub_type = sub.get("model_type", next(iter(allowed)))  # absent: the tower this layout defines
         if sub_type not in allowed:
-            raise ConversionError(
-                f"{kind} has model_type {sub_type!r}, a tower variant llama.cpp's mmproj cannot run here; "
+            raise CheckpointFolderError(
+                f"{path}: {kind} has model_type {sub_type!r}, a tower variant neither our model nor llama.cpp's "
+                f"mmproj implements; "
                 f"{supported_summary()}"
             )
     return model_type, text, vision, audio
 
 
-def _index_safetensors(folder: Path, layout: Layout) -> dict[str, SourceTensor]:
-    index_path = folder / "model.safetensors.index.json"
-    if index_path.is_file():
-        with open(index_path, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        paths = [folder / name for name in files]
-    else:
-        paths = sorted(folder.glob("*.safetensors"))
-    if not paths:
-        hint = " (only PyTorch .bin files: re-save with safe_serialization)" if any(folder.glob("*.bin")) else ""
-        raise ConversionError(f"{folder}: no *.safetensors files{hint}")
-    tensors: dict[str, SourceTensor] = {}
-    for path in paths:
-        if not path.is_file():
-            raise ConversionError(f"{path}: listed in model.safetensors.index.json but missing")
-        offsets = _data_offsets(path)
-        with safe_open(path, framework="pt") as f:
-            for stored in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                sl = f.get_slice(stored)
-                name = stored
-                for old, new in layout.key_renames:
-                    if name.startswith(old):
-                        name = new + name[len(old) :]
-                        break
-                if name in tensors:
-                    raise ConversionError(f"tensor {name!r} appears twice ({tensors[name].file.name}, {path.name})")
-                shape, dtype = tuple(sl.get_shape()), sl.get_dtype()
-                tensors[name] = SourceTensor(name, path, stored, shape, dtype, offsets[stored])
+# --- which files hold the weights --------------------------------------------------------------------------------------
+def _inside(root: Path, path: Path) -> bool:
+    """`path` resolves (symlinks followed) into the folder `root` (resolved), or, for a Hub cache snapshot
+    (…/models--ORG--NAME/snapshots/REV/, whose files are symlinks into the repository's blobs/), into that blobs/."""
+    target = path.resolve()
+    if target.is_relative_to(root):
+        return True
+    return root.parent.name == "snapshots" and target.is_relative_to(root.parent.parent / "blobs")
+
+
+def _weight_file(folder: Path, name: Any, listed_in: Path | None) -> Path:
+    """The weight file `name` of `folder`, refused unless it is a plain file name of a regular file inside it."""
+    where = f"{listed_in}: weight_map names" if listed_in else f"{folder}:"
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CheckpointFolderError(
+            f"{where} {name!r}, which is not a file name in the checkpoint folder (absolute paths, '..' and "
+            "sub-folders are refused so an index cannot point at files elsewhere); list shard file names only"
+        )
+    path = folder / name
+    if (path.exists() or path.is_symlink()) and not _inside(folder.resolve(), path):
+        raise CheckpointFolderError(
+            f"{path}: a symlink to {path.resolve()}, outside the checkpoint folder; copy the file into the folder"
+        )
+    if not path.is_file():
+        if listed_in is not None:
+            raise CheckpointFolderError(
+                f"{path}: listed in {listed_in.name} but missing; download the complete checkpoint"
+            )
+        raise CheckpointFolderError(f"{path}: not a regular file; download the complete checkpoint")
+    return path
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The safetensors files that hold the model's weights, each checked to be a file inside `folder`:
+    ``model.safetensors``, else every shard ``model.safetensors.index.json`` lists (transformers' own order)."""
+    folder = Path(folder)
+    single, index_path = folder / SINGLE_NAME, folder / INDEX_NAME
+    if single.exists() or single.is_symlink():
+        return [_weight_file(folder, SINGLE_NAME, None)]
+    if not (index_path.exists() or index_path.is_symlink()):
+        others = sorted(p.name for p in folder.glob("*.safetensors"))
+        if others:
+            hint = (
+                f" (found {', '.join(others[:3])}{' …' if len(others) > 3 else ''}: rename a single file to "
+                f"{SINGLE_NAME}, or add the {INDEX_NAME} that lists the shards)"
+            )
+        elif any(folder.glob("*.bin")):
+            hint = " (only PyTorch .bin files: re-save with safe_serialization)"
+        else:
+            hint = "; download the weights too"
+        raise CheckpointFolderError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME}{hint}")
+    if not _inside(folder.resolve(), index_path) or not index_path.is_file():
+        raise CheckpointFolderError(f"{index_path}: not a regular file inside the checkpoint folder")
+    weight_map = _weight_map(index_path)
+    return [_weight_file(folder, name, index_path) for name in sorted(set(weight_map.values()))]
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    index = read_json_object(index_path, "download the checkpoint's index again")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointFolderError(
+            f"{index_path}: no weight_map (an object from tensor name to shard file, got "
+            f"{_json_type(weight_map) if 'weight_map' in index else 'nothing'}); download the checkpoint's index again"
+        )
+    for name, file in weight_map.items():
+        if not isinstance(file, str):
+            raise CheckpointFolderError(
+                f"{index_path}: weight_map[{name!r}] must be a shard file name, not a {_json_type(file)}; "
+                "download the checkpoint's index again"
+            )
+    return weight_map
+
+
+# --- safetensors headers ---------------------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
+    """Every tensor of one safetensors file from its header, checked against the file the way safetensors itself
+    does before trusting it: the u64 header length fits the file, the header is a JSON object, each dtype is one we
+    read, each ``data_offsets`` pair spans exactly shape × dtype bytes, the pairs tile the data region without gaps
+    or overlaps, and the file ends where the last tensor does."""
+    fix = "download the file again (or re-save the checkpoint)"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointFolderError(
+                    f"{path}: {size} bytes, too short for a safetensors file (it starts with an 8-byte header "
+                    f"length): truncated; {fix}"
+                )
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise CheckpointFolderError(
+                    f"{path}: its header length field says {n} bytes but the file has {size}: truncated or not a "
+                    f"safetensors file; {fix}"
+                )
+            if n > MAX_HEADER_BYTES:
+                raise CheckpointFolderError(
+                    f"{path}: header length {n} bytes is over safetensors' {MAX_HEADER_BYTES}-byte limit: corrupt; {fix}"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointFolderError(f"{path}: cannot read it ({e.strerror or e})") from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError
+        raise CheckpointFolderError(f"{path}: the safetensors header is not valid JSON ({e}): corrupt; {fix}") from e
+    if not isinstance(header, dict):
+        raise CheckpointFolderError(f"{path}: the safetensors header is not a JSON object: corrupt; {fix}")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CheckpointFolderError(f"{path}: the header's __metadata__ is not an object: corrupt; {fix}")
+
+    tensors, spans = {}, []
+    for name, entry in header.items():
+        if not isinstance(entry, dict):
+            raise CheckpointFolderError(f"{path}: header entry {name!r} is not an object: corrupt; {fix}")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointFolderError(
+                f"{path}: tensor {name!r} is stored as {dtype!r}; only F32 / BF16 / F16 checkpoints can be used "
+                "(dequantize FP8 / int checkpoints first)"
+            )
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise CheckpointFolderError(
+                f"{path}: tensor {name!r} has shape {shape!r}, not a list of sizes: corrupt; {fix}"
+            )
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise CheckpointFolderError(f"{path}: tensor {name!r} has data_offsets {offsets!r}: corrupt; {fix}")
+        begin, end = offsets
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if not 0 <= begin <= end or end - begin != nbytes:
+            raise CheckpointFolderError(
+                f"{path}: tensor {name!r} has data_offsets {offsets} but its shape {shape} of {dtype} takes {nbytes} "
+                f"bytes: corrupt; {fix}"
+            )
+        spans.append((begin, end, name))
+        tensors[name] = StoredTensor(dtype, tuple(shape), 8 + n + begin)
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise CheckpointFolderError(
+                f"{path}: tensor {name!r} starts at data byte {begin}, expected {position} (the data regions "
+                f"overlap or leave a gap): corrupt; {fix}"
+            )
+        position = end
+    data_size = size - 8 - n
+    if position > data_size:
+        raise CheckpointFolderError(
+            f"{path}: truncated: its header describes {8 + n + position} bytes but the file has {size}; {fix}"
+        )
+    if position < data_size:
+        raise CheckpointFolderError(
+            f"{path}: {data_size - position} bytes follow the last tensor (the header describes {8 + n + position} "
+            f"of {size}): corrupt or a different file; {fix}"
+        )
     return tensors
 
 
-def _data_offsets(path: Path) -> dict[str, int]:
-    """Absolute file offset of each tensor's data: the header is an u64 length and that much JSON, holding
-    `data_offsets` relative to the end of the header (the safetensors format)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {k: 8 + n + v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+def _index_safetensors(folder: Path, layout: Layout) -> dict[str, SourceTensor]:
+    files = weight_files(folder)
+    index_path = folder / INDEX_NAME if files != [folder / SINGLE_NAME] else None
+    weight_map = _weight_map(index_path) if index_path is not None else None
+    tensors: dict[str, SourceTensor] = {}
+    for path in files:
+        for stored, entry in read_safetensors_header(path).items():
+            if weight_map is not None and weight_map.get(stored) != path.name:
+                raise CheckpointFolderError(
+                    f"{index_path}: {path.name} holds {stored!r}, which the weight_map "
+                    f"{'puts in ' + repr(weight_map[stored]) if stored in weight_map else 'does not list'}; "
+                    "download the checkpoint's index again"
+                )
+            name = stored
+            for old, new in layout.key_renames:
+                if name.startswith(old):
+                    name = new + name[len(old) :]
+                    break
+            if name in tensors:
+                raise CheckpointFolderError(
+                    f"{path}: tensor {name!r} is stored twice ({tensors[name].file.name}, {path.name}); keep one copy"
+                )
+            tensors[name] = SourceTensor(name, path, stored, entry.shape, entry.dtype, entry.offset)
+    if weight_map is not None:
+        found = {t.stored_name for t in tensors.values()}
+        absent = sorted(set(weight_map) - found)
+        if absent:
+            raise CheckpointFolderError(
+                f"{index_path}: the weight_map lists {len(absent)} tensor(s) no shard holds ({', '.join(absent[:3])}"
+                f"{' …' if len(absent) > 3 else ''}); download the complete checkpoint"
+            )
+    return tensors
 
 
+# --- opening and validating ------------------------------------------------------------------------------------------
 def open_checkpoint(folder: str | Path) -> Checkpoint:
+    """Read `folder`'s config.json (checked against the schema in `validate.check_config`) and its safetensors
+    headers (checked against their files and the index). Tensor names and shapes are checked by `validate_folder`."""
     folder = Path(folder)
     config = _read_config(folder)
-    model_type, text, vision, audio = _split_config(config)
-    layout = LAYOUTS[model_type]
+    path = folder / CONFIG_NAME
+    model_type, text, vision, audio = _split_config(config, path)
+    check_config(path, config, text, vision, audio)
     tie = config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
-    ckpt = Checkpoint(
+    return Checkpoint(
         folder=folder,
         config=config,
         model_type=model_type,
@@ -214,12 +424,18 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
         vision=vision,
         audio=audio,
         tie_word_embeddings=bool(tie),
-        tensors=_index_safetensors(folder, layout),
+        tensors=_index_safetensors(folder, LAYOUTS[model_type]),
     )
-    for t in ckpt.tensors.values():
-        if t.dtype not in SAFETENSORS_DTYPES:
-            raise ConversionError(
-                f"tensor {t.name!r} is stored as {t.dtype}; only F32 / BF16 / F16 checkpoints convert "
-                "(dequantize FP8 / int checkpoints first)"
-            )
+
+
+def validate_folder(folder: str | Path) -> Checkpoint:
+    """The check every verb runs on a model folder before using it; returns the opened checkpoint.
+
+    Raises one `CheckpointFolderError` (a `transformers_qwen3.errors.FolderError`) naming the file and the problem
+    for: a config.json that is not an object or breaks the schema (types, ranges, heads dividing sizes, complete
+    tower configs), an index whose weight_map is missing or names files outside the folder or absent, a safetensors
+    file whose header does not fit the file, and tensors missing, unexpected or shaped unlike the config implies.
+    Reads headers only: no tensor data, and transformers never sees the config before it passed."""
+    ckpt = open_checkpoint(folder)
+    check_tensors(ckpt)
     return ckpt

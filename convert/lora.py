@@ -35,7 +35,6 @@ tests/test_convert_lora.py compares the two):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -50,8 +49,15 @@ from typing import Any
 import gguf
 import torch
 
-from .checkpoint import LAYOUTS, SAFETENSORS_DTYPES, Checkpoint, open_checkpoint
-from .errors import ConversionError
+from .checkpoint import (
+    LAYOUTS,
+    SAFETENSORS_DTYPES,
+    Checkpoint,
+    read_json_object,
+    read_safetensors_header,
+    validate_folder,
+)
+from .errors import CheckpointFolderError, ConversionError
 from .metadata import add_general, text_arch
 from .pipeline import DIRECT_OUTTYPES, _check_name, _file_mode, _prepare_outdir, type_label
 from .plan import PlannedTensor, format_plan, storage_type, tensor_nbytes
@@ -159,31 +165,25 @@ def open_adapter(folder: str | os.PathLike) -> Adapter:
     folder = Path(folder)
     path = folder / ADAPTER_CONFIG
     if not path.is_file():
-        raise ConversionError(f"{folder}: no {ADAPTER_CONFIG}; pass a peft adapter folder (finetune --lora output)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path}: not valid JSON ({e})") from e
+        raise CheckpointFolderError(
+            f"{folder}: no {ADAPTER_CONFIG}; pass a peft adapter folder (finetune --lora output)"
+        )
+    config = read_json_object(path, "re-save the adapter with peft")
     weights = next((folder / n for n in ADAPTER_WEIGHTS if (folder / n).is_file()), None)
     if weights is None:
-        raise ConversionError(f"{folder}: no {' or '.join(ADAPTER_WEIGHTS)} next to {ADAPTER_CONFIG}")
+        raise CheckpointFolderError(f"{folder}: no {' or '.join(ADAPTER_WEIGHTS)} next to {ADAPTER_CONFIG}")
     if weights.suffix == ".bin":  # older peft: a pickled state dict (small: only the factors)
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-        except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:
-            raise ConversionError(f"{weights}: not a readable PyTorch state dict ({e})") from e
+        except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+            raise CheckpointFolderError(f"{weights}: not a readable PyTorch state dict ({e})") from e
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointFolderError(f"{weights}: not a state dict of tensors; re-save the adapter with peft")
         tensors = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
         return Adapter(folder, config, weights, tensors, state)
-    from safetensors import safe_open
-
-    tensors = {}
-    with safe_open(weights, framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-            sl = f.get_slice(key)
-            dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
-            if dtype is None:
-                raise ConversionError(f"{weights}: tensor {key!r} is {sl.get_dtype()}; expected F32 / BF16 / F16")
-            tensors[key] = (tuple(sl.get_shape()), dtype)
+    # the header checked against the file (as a model's shards are) before safe_open trusts it
+    header = read_safetensors_header(weights)
+    tensors = {key: (entry.shape, SAFETENSORS_DTYPES[entry.dtype]) for key, entry in header.items()}
     return Adapter(folder, config, weights, tensors)
 
 
@@ -437,7 +437,7 @@ def convert_lora(
         )
     src, outdir = Path(src), Path(outdir)
     adapter = open_adapter(src)
-    ckpt = open_checkpoint(resolve_base(adapter, base))
+    ckpt = validate_folder(resolve_base(adapter, base))
     weights = collect_weights(adapter, ckpt)
     qtype, file_type = DIRECT_OUTTYPES[outtype]
     alpha, plan = plan_adapter(adapter, ckpt, weights, qtype)

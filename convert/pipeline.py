@@ -1,7 +1,8 @@
 """`convert_checkpoint`: one checkpoint folder → `<name>-<TYPE>.gguf` and, with towers, `mmproj-<name>-<TYPE>.gguf`.
 
-Fixed phases, in order: open (config + safetensors index) → check (what llama.cpp can run, what the config
-implies) → plan (every output tensor from headers alone) → stage (write each file under a temporary name in OUTDIR;
+Fixed phases, in order: arguments (outtype, --tensor-type names, the quantizer installed) → open and validate the
+folder (`validate_folder`: config schema, safetensors headers, index, tensors vs config) → check what llama.cpp can
+run → plan (every output tensor from headers alone) → stage (write each file under a temporary name in OUTDIR;
 K-quants: write the lossless intermediate, then run llama.cpp's quantizer) → publish (rename all files into place
 only once every one of them is complete). Any error removes every staged file: nothing partial is left.
 """
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import gguf
 
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint, validate_folder
 from .errors import ConversionError
 from .metadata import ARCH_MMPROJ, add_general, add_mmproj_hparams, add_text_hparams, text_arch
 from .plan import PlannedTensor, format_plan, plan_mmproj, plan_text
-from .quantize import LLAMA_FTYPES, llama_quantize, type_report, written_types
-from .validate import check_llama_cpp_support, check_tensors
+from .quantize import LLAMA_FTYPES, check_tensor_types, llama_quantize, require_quantizer, type_report, written_types
+from .validate import check_llama_cpp_support
 from .vocab import Vocab, load_vocab
 from .writer import write_gguf
 
@@ -159,11 +160,14 @@ def convert_checkpoint(
         raise ConversionError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
     if tensor_types and outtype not in LLAMA_FTYPES:
         raise ConversionError("--tensor-type applies to llama.cpp's quantizer: use it with q6_k/q5_k_m/q4_k_m/q4_0")
+    if tensor_types:
+        check_tensor_types(tensor_types)
+    if outtype in LLAMA_FTYPES and not dry_run:
+        require_quantizer()  # before the lossless intermediate is written, not after
     src = Path(src)
     outdir = Path(outdir)
-    ckpt = open_checkpoint(src)
+    ckpt = validate_folder(src)
     check_llama_cpp_support(ckpt)
-    check_tensors(ckpt)
     name = _check_name(name or src.resolve().name)
     outputs = plan_outputs(ckpt, outdir, outtype, name)
 

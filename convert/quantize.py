@@ -8,11 +8,13 @@ compatible one. `written_types` reads back what it actually wrote so the caller 
 from __future__ import annotations
 
 import ctypes
+import re
 from collections import Counter
 from pathlib import Path
 
 import gguf
 
+from ..errors import MissingDependencyError
 from .errors import ConversionError
 
 # outtype → (llama_ftype constant name in llama_cpp, the types its mix is meant to use for 2-D weights)
@@ -27,12 +29,39 @@ LLAMA_FTYPES: dict[str, tuple[str, frozenset[str]]] = {
 def _llama_cpp():
     try:
         import llama_cpp
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ConversionError(
-            "K-quant and q4_0 outputs use llama.cpp's quantizer through llama-cpp-python, which is not installed "
-            "(`make llama-cpp` builds the patched 0.3.36); f32 / f16 / bf16 / q8_0 need only gguf-py"
+    except (ImportError, OSError) as e:  # OSError: the package is there but its shared library will not load
+        raise MissingDependencyError(
+            "llama-cpp-python (llama.cpp's quantizer, patched 0.3.36)",
+            "make llama-cpp",
+            "K-quant and q4_0 outputs (f32 / f16 / bf16 / q8_0 need only gguf-py)",
         ) from e
     return llama_cpp
+
+
+def require_quantizer() -> None:
+    """Fail now, before anything is written, when llama.cpp's quantizer is not installed."""
+    _llama_cpp()
+
+
+def check_tensor_types(tensor_types: dict[str, str]) -> dict[str, gguf.GGMLQuantizationType]:
+    """--tensor-type REGEX=TYPE pairs → ggml types, refusing unknown type names and patterns that do not compile
+    (checked with Python's re; llama.cpp's std::regex reads these simple patterns the same way)."""
+    out = {}
+    for pattern, type_name in tensor_types.items():
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConversionError(
+                f"--tensor-type {pattern}={type_name}: {pattern!r} is not a valid regex ({e})"
+            ) from e
+        try:
+            out[pattern] = gguf.GGMLQuantizationType[type_name.upper()]
+        except KeyError as e:
+            known = ", ".join(t.name.lower() for t in gguf.GGMLQuantizationType)
+            raise ConversionError(
+                f"--tensor-type {pattern}={type_name}: unknown ggml type {type_name!r}; choose one of {known}"
+            ) from e
+    return out
 
 
 def llama_quantize(
@@ -49,17 +78,14 @@ def llama_quantize(
     params.nthread = nthread
     keep_alive = []
     if tensor_types:
-        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
-        for i, (pattern, type_name) in enumerate(tensor_types.items()):
-            try:
-                qtype = gguf.GGMLQuantizationType[type_name.upper()]
-            except KeyError as e:
-                raise ConversionError(f"--tensor-type {pattern}={type_name}: unknown ggml type {type_name!r}") from e
+        qtypes = check_tensor_types(tensor_types)
+        overrides = (llama_cpp.llama_model_tensor_override * (len(qtypes) + 1))()
+        for i, (pattern, qtype) in enumerate(qtypes.items()):
             encoded = pattern.encode()
             keep_alive.append(encoded)
             overrides[i].pattern = encoded
             overrides[i].type = int(qtype)
-        overrides[len(tensor_types)].pattern = None  # terminator
+        overrides[len(qtypes)].pattern = None  # terminator
         params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep_alive.append(overrides)
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))

@@ -1,5 +1,10 @@
 """What a checkpoint must hold, and what llama.cpp can run.
 
+`check_config` is config.json's schema: the types and ranges of every value that decides a tensor's shape, and the
+relations the modules rely on (heads dividing widths, towers projecting to the decoder's width), checked before
+transformers ever builds a config from it, so a bad value is one message naming the key instead of a KeyError or
+ZeroDivisionError deep inside a model. Keys it does not list are ignored, never fatal (mlx-lm's rule).
+
 Expected tensor names and shapes come from transformers' own modules built on the meta device from the checkpoint's
 config (Qwen3ForCausalLM, Qwen3VLVisionModel, Qwen3OmniMoeAudioEncoder): no hand-kept list of parameter names, and
 a tensor whose shape disagrees with the config is caught before anything is written. The capability checks below
@@ -8,17 +13,261 @@ list each config value the vendored llama.cpp hard-codes or does not implement.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import Checkpoint
-from .errors import ConversionError
+from .errors import CheckpointFolderError, ConversionError
 from .tensor_map import AUDIO_PREFIX, VISION_PREFIX
+
+if TYPE_CHECKING:  # checkpoint.py imports this module to check what it reads
+    from .checkpoint import Checkpoint
 
 _ROPE_TYPES = ("default", "linear", "yarn")
 
+# --- config.json schema ----------------------------------------------------------------------------------------------
+# Upper bounds are plausibility limits, not model limits: the deepest released transformers have ~130 layers and
+# building a module stack of this depth on the meta device already takes seconds, so a larger count is a corrupt value.
+MAX_LAYERS = 1024
+MAX_SIZE = 2**31 - 1  # torch and ggml index rows with 32-bit integers in places; no real width comes close
 
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _size(value: Any) -> str | None:
+    if not _is_int(value):
+        return "must be a whole number"
+    return None if 1 <= value <= MAX_SIZE else f"must be a positive size (1 to {MAX_SIZE})"
+
+
+def _layers(value: Any) -> str | None:
+    if not _is_int(value):
+        return "must be a whole number"
+    return None if 1 <= value <= MAX_LAYERS else f"must be between 1 and {MAX_LAYERS}"
+
+
+def _token_id(value: Any) -> str | None:
+    return None if _is_int(value) and 0 <= value <= MAX_SIZE else "must be a token id (a whole number >= 0)"
+
+
+def _positive(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return None if ok else "must be a positive number"
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _object(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "must be an object"
+
+
+def _strings(value: Any) -> str | None:
+    return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "must be a list of strings"
+
+
+def _indexes(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(_is_int(v) and 0 <= v <= MAX_SIZE for v in value)
+    return None if ok else "must be a list of whole numbers >= 0"
+
+
+Check = Callable[[Any], "str | None"]
+# key: (check, required). `null` counts as absent for optional keys (released configs write "rope_scaling": null).
+TEXT_SCHEMA: dict[str, tuple[Check, bool]] = {
+    "vocab_size": (_size, True),
+    "hidden_size": (_size, True),
+    "intermediate_size": (_size, True),
+    "num_hidden_layers": (_layers, True),
+    "num_attention_heads": (_size, True),
+    "num_key_value_heads": (_size, False),  # default: num_attention_heads
+    "head_dim": (_size, False),  # default: hidden_size / num_attention_heads
+    "max_position_embeddings": (_size, False),
+    "rms_norm_eps": (_positive, False),
+    "rope_theta": (_positive, False),
+    "rope_parameters": (_object, False),
+    "rope_scaling": (_object, False),
+    "tie_word_embeddings": (_bool, False),
+    "attention_bias": (_bool, False),
+    "use_sliding_window": (_bool, False),
+    "hidden_act": (_string, False),
+    "layer_types": (_strings, False),
+}
+ROPE_SCHEMA: dict[str, tuple[Check, bool]] = {
+    "rope_type": (_string, False),
+    "type": (_string, False),
+    "rope_theta": (_positive, False),
+    "factor": (_positive, False),
+    "mrope_section": (_indexes, False),
+    "mrope_interleaved": (_bool, False),
+}
+# Tower shapes are required: a missing one would silently take the default of some other model size.
+VISION_SCHEMA: dict[str, tuple[Check, bool]] = {
+    "depth": (_layers, True),
+    "hidden_size": (_size, True),
+    "intermediate_size": (_size, True),
+    "num_heads": (_size, True),
+    "out_hidden_size": (_size, True),
+    "patch_size": (_size, True),
+    "spatial_merge_size": (_size, True),
+    "temporal_patch_size": (_size, True),
+    "num_position_embeddings": (_size, True),
+    "in_channels": (_size, False),
+    "deepstack_visual_indexes": (_indexes, False),
+    "hidden_act": (_string, False),
+}
+AUDIO_SCHEMA: dict[str, tuple[Check, bool]] = {
+    "d_model": (_size, True),
+    "encoder_layers": (_layers, True),
+    "encoder_attention_heads": (_size, True),
+    "encoder_ffn_dim": (_size, True),
+    "num_mel_bins": (_size, True),
+    "output_dim": (_size, True),
+    "downsample_hidden_size": (_size, True),
+    "max_source_positions": (_size, False),
+    "n_window": (_size, False),
+    "n_window_infer": (_size, False),
+    "conv_chunksize": (_size, False),
+    "activation_function": (_string, False),
+    "scale_embedding": (_bool, False),
+}
+TOP_SCHEMA: dict[str, tuple[Check, bool]] = {
+    "tie_word_embeddings": (_bool, False),
+    **{
+        key: (_token_id, False)
+        for key in (
+            "image_token_id",
+            "video_token_id",
+            "audio_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+            "audio_start_token_id",
+            "audio_end_token_id",
+        )
+    },
+}
+
+
+def _check_section(section: dict[str, Any], schema: dict[str, tuple[Check, bool]], where: str) -> list[str]:
+    problems = []
+    for key, (check, required) in schema.items():
+        value = section.get(key)
+        if value is None:
+            if required:
+                problems.append(f"{where}{key} is missing")
+            continue
+        if (why := check(value)) is not None:
+            problems.append(f"{where}{key} {why} (got {value!r:.40})")
+    return problems
+
+
+def check_config(
+    path: Path,
+    config: dict[str, Any],
+    text: dict[str, Any],
+    vision: dict[str, Any] | None,
+    audio: dict[str, Any] | None,
+) -> None:
+    """config.json against the schema above: one error listing every problem, naming each key."""
+    nested = text is not config
+    t = "text_config." if nested else ""
+    problems = _check_section(config, TOP_SCHEMA, "") if nested else []
+    problems += _check_section(text, TEXT_SCHEMA, t)
+    for key in ("rope_parameters", "rope_scaling"):
+        if isinstance(text.get(key), dict):
+            problems += _check_section(text[key], ROPE_SCHEMA, f"{t}{key}.")
+    if vision is not None:
+        problems += _check_section(vision, VISION_SCHEMA, "vision_config.")
+    if audio is not None:
+        problems += _check_section(audio, AUDIO_SCHEMA, "audio_config.")
+    if not problems:  # the relations, once every value has its type
+        problems = _relations(config, text, vision, audio, t)
+    if problems:
+        raise CheckpointFolderError(
+            f"{path}: {'; '.join(problems)}; fix config.json (or restore the checkpoint's own)"
+        )
+
+
+def _relations(config, text, vision, audio, t: str) -> list[str]:
+    problems = []
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    hidden, heads = text["hidden_size"], text["num_attention_heads"]
+    kv = text.get("num_key_value_heads") or heads
+    need(
+        heads % kv == 0,
+        f"{t}num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv}): each key/value head "
+        "serves a whole group of query heads",
+    )
+    head_dim = text.get("head_dim")
+    if head_dim is None:
+        need(
+            hidden % heads == 0,
+            f"{t}hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) when head_dim is not given",
+        )
+        head_dim = hidden // heads
+    layer_types = text.get("layer_types")
+    if layer_types is not None:
+        need(
+            len(layer_types) == text["num_hidden_layers"],
+            f"{t}layer_types has {len(layer_types)} entries for {text['num_hidden_layers']} layers",
+        )
+    vocab = text["vocab_size"]
+    for key in TOP_SCHEMA:
+        if key.endswith("_token_id") and config.get(key) is not None:
+            need(config[key] < vocab, f"{key} {config[key]} is outside the vocabulary (vocab_size {vocab})")
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    section = rope.get("mrope_section")
+    if section:
+        need(
+            sum(section) == head_dim // 2,
+            f"{t}rope_parameters.mrope_section {section} must sum to head_dim/2 = {head_dim // 2} (M-RoPE splits "
+            "each head's rotary frequencies between time, height and width)",
+        )
+    if vision is not None:
+        depth = vision["depth"]
+        need(
+            vision["hidden_size"] % vision["num_heads"] == 0,
+            f"vision_config.hidden_size ({vision['hidden_size']}) must be a multiple of num_heads "
+            f"({vision['num_heads']})",
+        )
+        need(
+            vision["out_hidden_size"] == hidden,
+            f"vision_config.out_hidden_size ({vision['out_hidden_size']}) must equal {t}hidden_size ({hidden}): "
+            "image features enter the decoder's embedding stream",
+        )
+        deepstack = vision.get("deepstack_visual_indexes") or []
+        need(
+            all(i < depth for i in deepstack),
+            f"vision_config.deepstack_visual_indexes {deepstack} must be layers of the tower (0 to {depth - 1})",
+        )
+    if audio is not None:
+        need(
+            audio["d_model"] % audio["encoder_attention_heads"] == 0,
+            f"audio_config.d_model ({audio['d_model']}) must be a multiple of encoder_attention_heads "
+            f"({audio['encoder_attention_heads']})",
+        )
+        need(
+            audio["output_dim"] == hidden,
+            f"audio_config.output_dim ({audio['output_dim']}) must equal {t}hidden_size ({hidden}): audio features "
+            "enter the decoder's embedding stream",
+        )
+    return problems
+
+
+# --- tensors the config implies --------------------------------------------------------------------------------------
 def _meta_state_shapes(module_factory) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         module = module_factory()
@@ -33,6 +282,16 @@ def _text_rope(text: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+def _built(what: str, ckpt: Checkpoint, build: Callable[[], dict[str, tuple[int, ...]]]) -> dict:
+    # the schema has passed; what transformers' config classes still refuse is reported the same way
+    try:
+        return build()
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointFolderError(
+            f"{ckpt.folder / 'config.json'}: {what} cannot be built from it ({type(e).__name__}: {e}); fix config.json"
+        ) from e
+
+
 def expected_tensors(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
     """Every tensor the checkpoint must have on disk (name → torch shape)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -42,11 +301,7 @@ def expected_tensors(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
     text["rope_parameters"] = rope
     text.pop("rope_scaling", None)
     text["tie_word_embeddings"] = ckpt.tie_word_embeddings
-    try:
-        text_cfg = Qwen3Config(**text)
-        shapes = _meta_state_shapes(lambda: Qwen3ForCausalLM(text_cfg))
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"text config cannot build a Qwen3 decoder: {e}") from e
+    shapes = _built("a Qwen3 decoder", ckpt, lambda: _meta_state_shapes(lambda: Qwen3ForCausalLM(Qwen3Config(**text))))
     if ckpt.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
 
@@ -54,16 +309,24 @@ def expected_tensors(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
         from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
         from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-        vcfg = Qwen3VLVisionConfig(**{k: v for k, v in ckpt.vision.items() if k != "model_type"})
-        for k, v in _meta_state_shapes(lambda: Qwen3VLVisionModel(vcfg)).items():
-            shapes[VISION_PREFIX + k] = v
+        vision = {k: v for k, v in ckpt.vision.items() if k != "model_type"}
+        tower = _built(
+            "the vision tower",
+            ckpt,
+            lambda: _meta_state_shapes(lambda: Qwen3VLVisionModel(Qwen3VLVisionConfig(**vision))),
+        )
+        shapes.update({VISION_PREFIX + k: v for k, v in tower.items()})
     if ckpt.audio is not None:
         from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
         from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
-        acfg = Qwen3OmniMoeAudioEncoderConfig(**{k: v for k, v in ckpt.audio.items() if k != "model_type"})
-        for k, v in _meta_state_shapes(lambda: Qwen3OmniMoeAudioEncoder(acfg)).items():
-            shapes[AUDIO_PREFIX + k] = v
+        audio = {k: v for k, v in ckpt.audio.items() if k != "model_type"}
+        tower = _built(
+            "the audio tower",
+            ckpt,
+            lambda: _meta_state_shapes(lambda: Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**audio))),
+        )
+        shapes.update({AUDIO_PREFIX + k: v for k, v in tower.items()})
     return shapes
 
 
@@ -85,10 +348,17 @@ def check_tensors(ckpt: Checkpoint) -> None:
             "(a tower without its *_config, or a different architecture)"
         )
     if wrong:
-        details = [f"{n} is {list(present[n])}, config implies {list(expected[n])}" for n in wrong]
+        details = [
+            f"{n} in {ckpt.tensors[n].file.name} is {list(present[n])}, config implies {list(expected[n])}"
+            for n in wrong
+        ]
         problems.append(f"shapes inconsistent with config.json ({len(wrong)}): {_short(details)}")
     if problems:
-        raise ConversionError(f"{ckpt.folder}: " + "; ".join(problems))
+        raise CheckpointFolderError(
+            f"{ckpt.folder}: the weights do not match config.json: "
+            + "; ".join(problems)
+            + "; use the config.json the weights were saved with (or the weights of this config)"
+        )
 
 
 def _short(items: list[str], n: int = 6) -> str:

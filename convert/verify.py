@@ -20,15 +20,21 @@ With ``--mmproj`` (MODEL in our layout), for each encoder the mmproj holds:
 - ``generation``: image+text, audio+text and image+audio+text chats rendered by our processor and chat template;
   transformers `generate` vs mtmd's chunks + llama.cpp greedy decoding: same prompt length, same greedy tokens,
   and the last prompt position's logits within the embedding limit of the text file's type.
+
+Before the first check, every input is checked once: MODEL with `validate_folder` (the check every verb shares), each
+GGUF read by gguf-py (a truncated or corrupt file is one `GGUFFileError`, not numpy's reshape error), and
+llama-cpp-python installed (`MissingDependencyError` naming `make llama-cpp`).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import math
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +43,9 @@ import gguf
 import numpy as np
 import torch
 
-from .checkpoint import LAYOUTS, open_checkpoint
-from .errors import ConversionError
+from ..errors import MissingDependencyError
+from .checkpoint import LAYOUTS, open_checkpoint, validate_folder
+from .errors import ConversionError, GGUFFileError
 from .tensor_map import TEXT_TENSORS, hf_name
 
 # Fixed prompts: plain text, Chinese, code, and a chat turn with special tokens.
@@ -90,11 +97,18 @@ class Context:
 
 
 # --- llama.cpp side -----------------------------------------------------------------------------------------------
-def _llama(path: Path, n_ctx: int, n_threads: int):
+def _llama_cpp():
     try:
         import llama_cpp
-    except ImportError as e:
-        raise ConversionError("verify runs the GGUF with llama-cpp-python, which is not installed") from e
+    except (ImportError, OSError) as e:  # OSError: the package is there but its shared library will not load
+        raise MissingDependencyError(
+            "llama-cpp-python (the patched 0.3.36 build)", "make llama-cpp", "verify (it runs the GGUF in llama.cpp)"
+        ) from e
+    return llama_cpp
+
+
+def _llama(path: Path, n_ctx: int, n_threads: int):
+    llama_cpp = _llama_cpp()
     return llama_cpp.Llama(
         model_path=str(path),
         n_ctx=n_ctx,
@@ -139,7 +153,7 @@ def load_transformers_model(folder: Path):
 def dequantized_text_state(gguf_path: Path, model_type: str) -> dict[str, torch.Tensor]:
     """The GGUF's text weights, dequantized by gguf-py, under the checkpoint's own parameter names."""
     renames = LAYOUTS[model_type].key_renames
-    reader = gguf.GGUFReader(gguf_path)
+    reader = read_gguf(gguf_path)
     state = {}
     for t in reader.tensors:
         name = hf_name(TEXT_TENSORS, t.name)
@@ -183,8 +197,39 @@ def compare_logits(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
     }
 
 
+def read_gguf(path: Path) -> gguf.GGUFReader:
+    """gguf-py's reader over `path`, its errors on a truncated or corrupt file turned into one `GGUFFileError`.
+
+    Cached per file version: parsing a 150k-token vocabulary takes seconds, and the checks read the same files."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise GGUFFileError(f"{path}: cannot read it ({e.strerror or e})") from e
+    return _read_gguf(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _read_gguf(path: Path, mtime_ns: int, size: int) -> gguf.GGUFReader:
+    fix = "convert the checkpoint again (`transformers-qwen3 convert`)"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise GGUFFileError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); {fix}")
+    try:
+        return gguf.GGUFReader(path)
+    # gguf-py trusts the file's counts and offsets: a truncated or damaged file fails in numpy or struct
+    except (ValueError, IndexError, KeyError, OverflowError, MemoryError, EOFError, struct.error) as e:
+        raise GGUFFileError(f"{path}: truncated or corrupt GGUF ({size} bytes; gguf-py: {e}); {fix}") from e
+
+
+def _architecture(reader: gguf.GGUFReader) -> str | None:
+    field_ = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    return str(field_.contents()) if field_ is not None else None
+
+
 def file_type_name(path: Path) -> str:
-    reader = gguf.GGUFReader(path)
+    reader = read_gguf(path)
     field_ = reader.get_field(gguf.Keys.General.FILE_TYPE)
     value = int(field_.contents()) if field_ is not None else 0
     return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
@@ -192,8 +237,7 @@ def file_type_name(path: Path) -> str:
 
 # --- checks -------------------------------------------------------------------------------------------------------
 def check_tokenizer(ctx: Context) -> Result:
-    import llama_cpp
-
+    llama_cpp = _llama_cpp()
     llm = llama_cpp.Llama(model_path=str(ctx.gguf), vocab_only=True, verbose=False)
     try:
         mismatches = []
@@ -269,7 +313,7 @@ class Mtmd:
     """An mtmd context over the text GGUF + mmproj; `embed` returns the rows mtmd hands the text model."""
 
     def __init__(self, ctx: Context):
-        import llama_cpp
+        llama_cpp = _llama_cpp()
         from llama_cpp import mtmd_cpp
 
         self.llama_cpp, self.mtmd = llama_cpp, mtmd_cpp
@@ -539,7 +583,7 @@ CHECKS: dict[str, tuple[Callable[[Context], Result], str | None]] = {
 
 
 def mmproj_encoders(path: Path) -> set[str]:
-    reader = gguf.GGUFReader(path)
+    reader = read_gguf(path)
     out = set()
     for modality, key in (("vision", gguf.Keys.Clip.HAS_VISION_ENCODER), ("audio", gguf.Keys.Clip.HAS_AUDIO_ENCODER)):
         field_ = reader.get_field(key)
@@ -558,9 +602,17 @@ def verify(
     ctx = Context(
         Path(model), Path(gguf_path), Path(mmproj) if mmproj else None, n_threads or max(1, (os.cpu_count() or 2) // 2)
     )
-    for p in (ctx.model, ctx.gguf, ctx.mmproj):
-        if p is not None and not p.exists():
-            raise ConversionError(f"{p}: not found")
+    for p in (ctx.gguf, ctx.mmproj):
+        if p is not None and not p.is_file():
+            raise ConversionError(f"{p}: not found; pass the GGUF file(s) `transformers-qwen3 convert` wrote")
+    validate_folder(ctx.model)  # one clear error for a bad MODEL folder before anything loads it
+    arch = _architecture(read_gguf(ctx.gguf))
+    if arch == "clip":
+        raise ConversionError(
+            f"{ctx.gguf} is an mmproj file; pass the text-model GGUF as GGUF and this one with --mmproj"
+        )
+    if ctx.mmproj is not None and _architecture(read_gguf(ctx.mmproj)) != "clip":
+        raise ConversionError(f"--mmproj {ctx.mmproj} is not an mmproj file (general.architecture is not clip)")
     encoders = mmproj_encoders(ctx.mmproj) if ctx.mmproj else set()
     names = checks or [
         n
@@ -570,6 +622,7 @@ def verify(
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise ConversionError(f"unknown check(s) {unknown}; choose from {list(CHECKS)}")
+    _llama_cpp()  # every check runs llama.cpp: say it is missing before the first one loads anything
     return [CHECKS[n][0](ctx) for n in names]
 
 
