@@ -213,18 +213,15 @@ IMPORTERS = {
 
 
 def source_shards(src: Path) -> list[Path]:
-    index = src / INDEX_NAME
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        shards = [src / n for n in names]
-    elif (src / "model.safetensors").is_file():
-        shards = [src / "model.safetensors"]
-    else:
-        raise CheckpointError(f"{src} has neither model.safetensors nor {INDEX_NAME}: no weights to import.")
-    for shard in shards:
-        if not shard.is_file():
-            raise CheckpointError(f"{shard} is listed in {index} but missing: download the complete checkpoint.")
-    return shards
+    """The safetensors files holding ``src``'s weights, by the converter's one rule for that (``weight_files``:
+    model.safetensors, else the shards the index lists, each a regular file inside ``src``; an index naming
+    ``..``, an absolute path or a symlink out of the folder is refused)."""
+    from .convert.checkpoint import weight_files
+
+    try:
+        return weight_files(src)
+    except FolderError as err:
+        raise CheckpointError(str(err)) from err
 
 
 def check_shards(
