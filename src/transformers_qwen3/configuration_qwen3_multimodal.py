@@ -10,6 +10,14 @@ The composite config nests three typed sub-configs:
 
 ``None`` towers mean a text-only model: it has exactly Qwen3ForCausalLM's parameters.
 
+Like ``Qwen3VLConfig``, the composite keeps the decoder's fields (``vocab_size``, ``rope_parameters``,
+``max_position_embeddings`` ...) on ``text_config`` only; generic code (generate, caches, ``resize_token_embeddings``,
+peft) reads them through ``get_text_config()``. One deviation, because our composite *model* runs the decoder
+itself (Qwen3-VL delegates to a text model built on ``text_config``):
+
+- ``use_cache`` sits on the composite config too (mirrored from ``text_config``): ``merge_with_config_defaults`` and
+  Trainer read and write ``model.config.use_cache``.
+
 This file ships to the Hub as remote code: it imports only the standard library and transformers. (Unlike
 transformers' own configs we do not decorate with huggingface_hub's ``@strict``: remote code may import only
 transformers, and the inherited Qwen3 fields keep their validation.)
@@ -65,12 +73,16 @@ class Qwen3MultimodalConfig(PreTrainedConfig):
     audio_end_token_id: int = 151670
     # Tying lives on the composite config because PreTrainedModel reads it there; it mirrors the text config's.
     tie_word_embeddings: bool | None = None
+    # Likewise use_cache: the model's forward defaults to config.use_cache (merge_with_config_defaults), and Trainer
+    # sets model.config.use_cache. None takes the text config's value.
+    use_cache: bool | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.tie_word_embeddings is None:
-            self.tie_word_embeddings = self.text_config.tie_word_embeddings
-        self.text_config.tie_word_embeddings = self.tie_word_embeddings
+        for name in ("tie_word_embeddings", "use_cache"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(self.text_config, name))
+            setattr(self.text_config, name, getattr(self, name))
 
 
 __all__ = ["Qwen3MultimodalConfig", "Qwen3MultimodalTextConfig"]

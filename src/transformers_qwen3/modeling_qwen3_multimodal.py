@@ -31,11 +31,12 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer, Qwen3RMSNorm
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding, Qwen3VLVisionModel
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
@@ -210,6 +211,7 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' bridge for the pre-5.24 name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -344,6 +346,8 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
     def set_input_embeddings(self, value):
         self.model.embed_tokens = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' bridge for the pre-5.24 name
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -361,7 +365,7 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
         feature_attention_mask: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> tuple | CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -377,14 +381,13 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
             feature_attention_mask=feature_attention_mask,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        # logits only where asked: an int keeps the last N positions, a tensor selects positions (0 keeps all)
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -423,8 +426,8 @@ class Qwen3MultimodalForSequenceClassification(GenericForSequenceClassification,
 
     def __init__(self, config):
         # Not GenericForSequenceClassification.__init__: it builds the base model through AutoModel.from_config,
-        # which cannot resolve remote code. Same attributes, built directly; its forward is reused as is.
-        config.hidden_size = config.text_config.hidden_size
+        # which cannot resolve remote code. Same attributes, built directly; its forward (with the past_key_values
+        # bridge and tuple returns) is reused as is.
         Qwen3MultimodalPreTrainedModel.__init__(self, config)
         self.num_labels = config.num_labels
         self.model = Qwen3MultimodalModel(self.config)

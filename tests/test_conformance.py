@@ -1,0 +1,152 @@
+"""Our classes behave like transformers' native ones for generic code (generate, Trainer, tensor parallelism, compile).
+
+Oracles: Qwen3ForCausalLM / Qwen3Model / Qwen3ForSequenceClassification for the text path, Qwen3VLModel for image and
+video features, Qwen3-Omni's thinker for audio features, Qwen3VLConfig for the composite config's surface. Each case
+compares what generic code sees: output types and fields, tuples, caches, plans and generated tokens.
+
+Tolerances (fp32): we run transformers' own layers on the same weights, so equal inputs give equal outputs; we allow
+1e-6 for reduction-order noise and print the max |diff|.
+"""
+
+import copy
+
+import pytest
+import torch
+from helpers.tiny_models import (
+    TEXT,
+    VOCAB,
+    max_diff,
+    text_pair,
+)
+from transformers.cache_utils import Cache, DynamicCache
+
+from transformers_qwen3 import (
+    Qwen3MultimodalConfig,
+)
+
+TOL = 1e-6
+
+
+def ids_and_mask(batch=2, length=9, pad=(0, 3), seed=1):
+    ids = torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    for row, n in enumerate(pad[:batch]):
+        mask[row, :n] = 0  # left padding
+    return ids, mask
+
+
+def tensors_of(value):
+    """Flatten an output field (tensor, cache, tuple/list of them) into a list of tensors for comparison."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Cache):
+        return [t for layer in value.layers for t in (layer.keys, layer.values)]
+    return [t for item in value for t in tensors_of(item)]
+
+
+def assert_same_structure_and_values(got, expected, what, tol=TOL):
+    """Same type and length, then every tensor within ``tol``; works on tuples and ModelOutputs alike."""
+    assert type(got) is type(expected), f"{what}: {type(got).__name__} vs native {type(expected).__name__}"
+    got_items = list(got.values()) if hasattr(got, "values") else list(got)
+    expected_items = list(expected.values()) if hasattr(expected, "values") else list(expected)
+    assert len(got_items) == len(expected_items), f"{what}: {len(got_items)} fields vs native {len(expected_items)}"
+    if hasattr(got, "keys"):
+        assert list(got.keys()) == list(expected.keys()), (
+            f"{what}: fields {list(got.keys())} vs {list(expected.keys())}"
+        )
+    for i, (g, e) in enumerate(zip(got_items, expected_items, strict=True)):
+        assert type(g) is type(e), f"{what}[{i}]: {type(g).__name__} vs native {type(e).__name__}"
+        g_tensors, e_tensors = tensors_of(g), tensors_of(e)
+        assert [t.shape for t in g_tensors] == [t.shape for t in e_tensors], f"{what}[{i}]: shapes differ"
+        for g_t, e_t in zip(g_tensors, e_tensors, strict=True):
+            diff = max_diff(g_t, e_t)
+            assert diff <= tol, f"{what}[{i}]: max |diff| {diff:.3g} > {tol}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cache keyword, tuples, Trainer-style keyword arguments
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["head", "base_model"])
+def test_decode_step_with_old_cache_keyword_uses_the_cache_like_native(level):
+    """``past_key_values=`` (the pre-5.24 name) must reach the layers as the cache, as transformers' bridge does."""
+    native, ours = text_pair()
+    ids, _ = ids_and_mask(pad=())
+    results = {}
+    with torch.no_grad():
+        for name, model in (("native", native), ("ours", ours)):
+            model = model if level == "head" else model.model
+            prefill = model(ids[:, :-1], use_cache=True).cache
+            new = model(ids[:, -1:], cache=copy.deepcopy(prefill))
+            with pytest.warns(FutureWarning, match="past_key_values"):
+                old = model(ids[:, -1:], past_key_values=copy.deepcopy(prefill))
+            results[name] = [out.logits if level == "head" else out.last_hidden_state for out in (new, old)]
+    ours_new, ours_old = results["ours"]
+    native_new, native_old = results["native"]
+    assert max_diff(ours_old, ours_new) == 0.0, f"old vs new keyword: max |diff| {max_diff(ours_old, ours_new):.3g}"
+    diff = max_diff(ours_old, native_old)
+    assert diff <= TOL, f"old keyword vs native: max |diff| {diff:.3g}"
+    diff = max_diff(ours_new, native_new)
+    assert diff <= TOL, f"new keyword vs native: max |diff| {diff:.3g}"
+
+
+@pytest.mark.parametrize("with_labels", [False, True], ids=["no_labels", "labels"])
+def test_return_dict_false_gives_natives_tuple(with_labels):
+    native, ours = text_pair()
+    ids, mask = ids_and_mask()
+    kwargs = dict(attention_mask=mask, labels=ids if with_labels else None, return_dict=False)
+    with torch.no_grad():
+        expected, got = native(ids, **kwargs), ours(ids, **kwargs)
+    assert_same_structure_and_values(got, expected, "return_dict=False")
+
+
+TRAINER_CASES = {
+    "num_items_in_batch": dict(labels=True, num_items_in_batch=torch.tensor(5)),
+    "output_hidden_states": dict(output_hidden_states=True),
+    "output_attentions_eager": dict(output_attentions=True),
+    "use_cache_false_logits_to_keep": dict(use_cache=False, logits_to_keep=1),
+    "everything_as_tuple": dict(labels=True, output_hidden_states=True, output_attentions=True, return_dict=False),
+}
+
+
+@pytest.mark.parametrize("case", TRAINER_CASES)
+def test_trainer_style_kwargs_give_natives_outputs(case):
+    native, ours = text_pair(attn="eager")
+    ids, mask = ids_and_mask()
+    kwargs = dict(TRAINER_CASES[case])
+    if kwargs.pop("labels", False):
+        kwargs["labels"] = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        expected = native(ids, attention_mask=mask, **kwargs)
+        got = ours(ids, attention_mask=mask, **kwargs)
+    assert_same_structure_and_values(got, expected, case)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Default cache, generate from embeddings, compile
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_forward_returns_a_dynamic_cache_by_default_and_honours_config_use_cache():
+    native, ours = text_pair()
+    ids, mask = ids_and_mask()
+    with torch.no_grad():
+        expected, got = native(ids, attention_mask=mask).cache, ours(ids, attention_mask=mask).cache
+        assert type(got) is type(expected) is DynamicCache, f"default cache: {type(got).__name__}"
+        for g, e in zip(tensors_of(got), tensors_of(expected), strict=True):
+            assert max_diff(g, e) <= TOL, f"cache max |diff| {max_diff(g, e):.3g}"
+        # Trainer turns caching off through model.config.use_cache; the composite config is that knob for us too
+        native.config.use_cache = ours.config.use_cache = False
+        assert native(ids).cache is None and ours(ids).cache is None
+
+
+@pytest.mark.parametrize("text_use_cache", [True, False])
+def test_config_use_cache_mirrors_the_text_config(text_use_cache, tmp_path):
+    config = Qwen3MultimodalConfig(text_config={**TEXT, "use_cache": text_use_cache})
+    assert config.use_cache is text_use_cache and config.text_config.use_cache is text_use_cache
+    config.save_pretrained(tmp_path)
+    again = Qwen3MultimodalConfig.from_pretrained(tmp_path)
+    assert again.use_cache is text_use_cache and again.text_config.use_cache is text_use_cache
