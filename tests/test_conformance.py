@@ -14,11 +14,17 @@ import pytest
 import torch
 from helpers.tiny_models import (
     TEXT,
+    TOKEN_IDS,
     VOCAB,
     max_diff,
+    patches,
     text_pair,
+    vision_pair,
 )
-from transformers.cache_utils import Cache, DynamicCache
+from transformers import (
+    CompileConfig,
+)
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 
 from transformers_qwen3 import (
     Qwen3MultimodalConfig,
@@ -150,3 +156,69 @@ def test_config_use_cache_mirrors_the_text_config(text_use_cache, tmp_path):
     config.save_pretrained(tmp_path)
     again = Qwen3MultimodalConfig.from_pretrained(tmp_path)
     assert again.use_cache is text_use_cache and again.text_config.use_cache is text_use_cache
+
+
+@pytest.mark.parametrize("with_ids", [False, True], ids=["embeds_only", "ids_and_embeds"])
+def test_generate_from_inputs_embeds_matches_native(with_ids):
+    native, ours = text_pair()
+    ids, mask = ids_and_mask()
+    embeds = native.get_input_embeddings()(ids).detach()
+    kwargs = dict(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    if with_ids:
+        kwargs["input_ids"] = ids
+    expected, got = native.generate(**kwargs), ours.generate(**kwargs)
+    assert torch.equal(got, expected), f"tokens {got.tolist()} vs native {expected.tolist()}"
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_with_an_image_matches_native_with_and_without_cache(use_cache):
+    """generate() drops media after the prefill only when a cache holds them (transformers' own input preparation);
+    without a cache every step re-reads the whole prompt, image included."""
+    native, ours = vision_pair()
+    grid = [1, 4, 6]
+    start, image, end = (TOKEN_IDS[k] for k in ("vision_start_token_id", "image_token_id", "vision_end_token_id"))
+    ids = torch.tensor([[7, 8, start] + [image] * 6 + [end, 9, 10]])  # [1, 4, 6] patches merge 2x2 into 6 tokens
+    inputs = dict(input_ids=ids, pixel_values=patches(grid, seed=5), image_grid_thw=torch.tensor([grid]))
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, use_cache=use_cache)
+    mm_token_type_ids = (ids == image).int()
+    expected = native.generate(**inputs, mm_token_type_ids=mm_token_type_ids, **kwargs)
+    got = ours.generate(**inputs, **kwargs)
+    assert torch.equal(got, expected), f"tokens {got.tolist()} vs native {expected.tolist()}"
+
+
+def test_text_path_compiles_fullgraph_and_generates_like_eager():
+    """Static-cache decoding under ``torch.compile(fullgraph=True)``: any graph break in our text path raises.
+
+    The "eager" backend traces with dynamo (where graph breaks are found) without inductor's C++ codegen, which keeps
+    this fast on CPU.
+    """
+    native, ours = text_pair()
+    assert ours._can_compile_fullgraph is native._can_compile_fullgraph is True
+    ids, mask = ids_and_mask()
+    kwargs = dict(
+        attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static"
+    )
+    eager = ours.generate(ids, **kwargs)
+    compile_config = CompileConfig(fullgraph=True, backend="eager", mode=None)
+    compile_config._compile_all_devices = True  # generate() compiles on accelerators only, unless told
+    compiled = ours.generate(ids, compile_config=compile_config, **kwargs)
+    assert hasattr(ours, "_compiled_call"), "generate() did not compile the decoding step"
+    expected = native.generate(ids, **kwargs)
+    assert torch.equal(compiled, eager), f"compiled {compiled.tolist()} vs eager {eager.tolist()}"
+    assert torch.equal(eager, expected), f"ours {eager.tolist()} vs native {expected.tolist()}"
+
+
+def test_text_forward_with_static_cache_compiles_fullgraph():
+    """A text-only prefill and a decoding step, each compiled whole, give the eager logits."""
+    _, ours = text_pair()
+    ids, mask = ids_and_mask(pad=())
+    compiled = torch.compile(ours, fullgraph=True, backend="eager")
+    logits = {}
+    with torch.no_grad():
+        for name, model in (("eager", ours), ("compiled", compiled)):
+            cache = StaticCache(config=ours.config, max_cache_len=16)
+            prefill = model(ids[:, :-1], cache=cache, use_cache=True).logits
+            step = model(ids[:, -1:], cache=cache, use_cache=True).logits
+            logits[name] = (prefill, step)
+    for what, got, expected in zip(("prefill", "step"), logits["compiled"], logits["eager"], strict=True):
+        assert max_diff(got, expected) <= TOL, f"{what}: compiled vs eager max |diff| {max_diff(got, expected):.3g}"

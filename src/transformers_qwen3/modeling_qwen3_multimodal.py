@@ -89,7 +89,10 @@ class Qwen3MultimodalPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False  # data-dependent media scatter
+    # True as for Qwen3 / Qwen3-VL: the text path (what generate() compiles, the decoding steps) traces as one graph.
+    # The media path does not (its placeholder-count check and M-RoPE index loop read tensor values on the host);
+    # media are encoded in the prefill step, which generate() never compiles.
+    _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": Qwen3DecoderLayer, "attentions": Qwen3Attention}
 
     def _init_weights(self, module):
@@ -281,7 +284,8 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
                 text_positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None]
                 position_ids = torch.cat([text_positions.expand(1, inputs_embeds.shape[0], -1), mrope])
             else:
-                position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+                # arange(n) + past, as Qwen3Model: the length stays static when ``past`` is a tensor (StaticCache)
+                position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
                 if self.rope_deltas is not None and past > 0:
                     position_ids = torch.cat(
                         [position_ids[None], (position_ids + self.rope_deltas)[None].expand(3, -1, -1)]
@@ -396,13 +400,8 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
             attentions=outputs.attentions,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if not is_first_iteration:
-            # media are encoded once, in the prefill step; decoding steps carry only new text tokens
-            for key in ("pixel_values", "pixel_values_videos", "input_features", "feature_attention_mask"):
-                model_inputs[key] = None
-        return model_inputs
+    # No prepare_inputs_for_generation override: transformers' own forwards media only in the prefill step when a
+    # cache holds them (every step without a cache), and its signature tells generate() that inputs_embeds work.
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         # Text-only prompts: Qwen3's 1-D positions (from the attention mask, so left padding works). Prompts with
