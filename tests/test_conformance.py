@@ -23,12 +23,19 @@ from helpers.tiny_models import (
 )
 from transformers import (
     CompileConfig,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3ForSequenceClassification,
+    Qwen3Model,
 )
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 
 from transformers_qwen3 import (
     Qwen3MultimodalConfig,
+    Qwen3MultimodalForConditionalGeneration,
+    Qwen3MultimodalForSequenceClassification,
 )
+from transformers_qwen3.modeling_qwen3_multimodal import Qwen3MultimodalModel
 
 TOL = 1e-6
 
@@ -222,3 +229,49 @@ def test_text_forward_with_static_cache_compiles_fullgraph():
             logits[name] = (prefill, step)
     for what, got, expected in zip(("prefill", "step"), logits["compiled"], logits["eager"], strict=True):
         assert max_diff(got, expected) <= TOL, f"{what}: compiled vs eager max |diff| {max_diff(got, expected):.3g}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parallelism plans
+# --------------------------------------------------------------------------------------------------------------------
+
+PLAN_PAIRS = {
+    "causal_lm": (Qwen3ForCausalLM, Qwen3MultimodalForConditionalGeneration),
+    "base_model": (Qwen3Model, Qwen3MultimodalModel),
+    "sequence_classification": (Qwen3ForSequenceClassification, Qwen3MultimodalForSequenceClassification),
+}
+TOWERS = ("model.visual.", "model.audio_tower.", "visual.", "audio_tower.")
+
+
+@pytest.mark.parametrize("pair", PLAN_PAIRS)
+@pytest.mark.parametrize("plan", ["tp_plan", "pp_plan", "fsdp_plan"])
+def test_parallel_plans_equal_natives_for_the_decoder(pair, plan):
+    native_cls, ours_cls = PLAN_PAIRS[pair]
+    native = native_cls(Qwen3Config(**TEXT))
+    text_only = ours_cls(Qwen3MultimodalConfig(text_config=TEXT))
+    assert getattr(text_only, plan) == getattr(native, plan)
+    # with towers, the decoder's plan is the same and the towers add nothing beyond what Qwen3-VL's tower adds
+    if pair == "causal_lm":
+        _, multimodal = vision_pair()
+        decoder_plan = {k: v for k, v in getattr(multimodal, plan).items() if not k.startswith(TOWERS)}
+        assert decoder_plan == getattr(native, plan)
+
+
+def test_tensor_parallel_plan_shards_the_decoder_and_keeps_logits(tmp_path):
+    """Real TP on CPU (2 gloo ranks, transformers' own sharding): the same logits as unsharded, decoder sharded."""
+    from helpers.tensor_parallel import run_sharded
+
+    _, ours = text_pair(tie_word_embeddings=True)
+    ours.save_pretrained(tmp_path / "model")
+    ids, _ = ids_and_mask(pad=())
+    with torch.no_grad():
+        expected = ours(ids).logits
+    ranks = run_sharded(
+        "transformers_qwen3.Qwen3MultimodalForConditionalGeneration", tmp_path / "model", ids, tmp_path
+    )
+    for rank, result in enumerate(ranks):
+        diff = max_diff(result["logits"], expected)
+        assert diff <= 1e-5, f"rank {rank}: sharded vs unsharded logits max |diff| {diff:.3g}"
+        assert "model.embed_tokens.weight" in result["sharded"], result["sharded"]
+        assert "model.layers.0.self_attn.q_proj.weight" in result["sharded"], result["sharded"]
+        assert "model.layers.1.mlp.down_proj.weight" in result["sharded"], result["sharded"]

@@ -12,11 +12,13 @@ The composite config nests three typed sub-configs:
 
 Like ``Qwen3VLConfig``, the composite keeps the decoder's fields (``vocab_size``, ``rope_parameters``,
 ``max_position_embeddings`` ...) on ``text_config`` only; generic code (generate, caches, ``resize_token_embeddings``,
-peft) reads them through ``get_text_config()``. One deviation, because our composite *model* runs the decoder
+peft) reads them through ``get_text_config()``. Two deviations, both because our composite *model* runs the decoder
 itself (Qwen3-VL delegates to a text model built on ``text_config``):
 
 - ``use_cache`` sits on the composite config too (mirrored from ``text_config``): ``merge_with_config_defaults`` and
   Trainer read and write ``model.config.use_cache``.
+- The decoder's parallelism plans (``base_model_tp_plan`` / ``_pp_plan`` / ``_fsdp_plan``) are the text config's,
+  exposed at the top level where transformers looks for the base model's plans.
 
 This file ships to the Hub as remote code: it imports only the standard library and transformers. (Unlike
 transformers' own configs we do not decorate with huggingface_hub's ``@strict``: remote code may import only
@@ -60,6 +62,10 @@ class Qwen3MultimodalConfig(PreTrainedConfig):
         "audio_config": SubConfigSpec(Qwen3OmniMoeAudioEncoderConfig, optional=True),
     }
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
+    # Our base model holds the Qwen3 decoder under Qwen3Model's names, so Qwen3's plans apply unchanged.
+    base_model_tp_plan = Qwen3MultimodalTextConfig.base_model_tp_plan
+    base_model_pp_plan = Qwen3MultimodalTextConfig.base_model_pp_plan
+    base_model_fsdp_plan = Qwen3MultimodalTextConfig.base_model_fsdp_plan
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None

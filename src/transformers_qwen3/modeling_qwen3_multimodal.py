@@ -32,7 +32,12 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
-from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer, Qwen3RMSNorm
+from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3Attention,
+    Qwen3DecoderLayer,
+    Qwen3ForCausalLM,
+    Qwen3RMSNorm,
+)
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding, Qwen3VLVisionModel
 from transformers.utils.deprecation import deprecate_kwarg
@@ -334,8 +339,11 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
 
 
 class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
+    # Qwen3ForCausalLM's own tables: our parameter names are its names.
+    _tied_weights_keys = Qwen3ForCausalLM._tied_weights_keys
+    _tp_plan = Qwen3ForCausalLM._tp_plan
+    _pp_plan = Qwen3ForCausalLM._pp_plan
+    _fsdp_plan = Qwen3ForCausalLM._fsdp_plan
 
     def __init__(self, config: Qwen3MultimodalConfig):
         super().__init__(config)
