@@ -13,9 +13,13 @@ import copy
 import pytest
 import torch
 from helpers.tiny_models import (
+    MROPE,
     TEXT,
     TOKEN_IDS,
+    VISION,
     VOCAB,
+    audio_thinker_for,
+    log_mel,
     max_diff,
     patches,
     text_pair,
@@ -27,6 +31,7 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3ForSequenceClassification,
     Qwen3Model,
+    Qwen3VLConfig,
 )
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 
@@ -275,3 +280,84 @@ def test_tensor_parallel_plan_shards_the_decoder_and_keeps_logits(tmp_path):
         assert "model.embed_tokens.weight" in result["sharded"], result["sharded"]
         assert "model.layers.0.self_attn.q_proj.weight" in result["sharded"], result["sharded"]
         assert "model.layers.1.mlp.down_proj.weight" in result["sharded"], result["sharded"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Media features
+# --------------------------------------------------------------------------------------------------------------------
+
+IMAGE_GRIDS = [[1, 4, 4], [1, 2, 6]]  # two images of different shapes
+VIDEO_GRIDS = [[2, 4, 4]]  # one video, two temporal patches
+
+
+@pytest.mark.parametrize(
+    "method,grids", [("get_image_features", IMAGE_GRIDS), ("get_video_features", VIDEO_GRIDS)], ids=["image", "video"]
+)
+@pytest.mark.parametrize("owner", ["model", "head"])
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_visual_features_have_qwen3_vls_output_type_and_values(method, grids, owner, return_dict):
+    native, ours = vision_pair()
+    grid_thw = torch.tensor(grids)
+    pixels = torch.cat([patches(g, seed=i) for i, g in enumerate(grids)])
+    native_owner, ours_owner = (native.model, ours.model) if owner == "model" else (native, ours)
+    with torch.no_grad():
+        expected = getattr(native_owner, method)(pixels, grid_thw, return_dict=return_dict)
+        got = getattr(ours_owner, method)(pixels, grid_thw, return_dict=return_dict)
+    assert_same_structure_and_values(got, expected, f"{owner}.{method}")
+
+
+@pytest.mark.parametrize("owner", ["model", "head"])
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_audio_features_have_qwen3_omnis_output_type_and_values(owner, return_dict):
+    _, ours = vision_pair()
+    thinker = audio_thinker_for(ours)
+    features, mask = log_mel([300, 170], seed=4)
+    native_owner, ours_owner = (thinker.model, ours.model) if owner == "model" else (thinker, ours)
+    with torch.no_grad():
+        expected = native_owner.get_audio_features(features, mask, return_dict=return_dict)
+        got = ours_owner.get_audio_features(features, mask, return_dict=return_dict)
+    assert_same_structure_and_values(got, expected, f"{owner}.get_audio_features")
+
+
+def test_audio_features_from_concatenated_clips_and_lengths_match_padded_input():
+    """Qwen3-Omni's other calling convention: clips already concatenated [mel, frames] with their lengths."""
+    _, ours = vision_pair()
+    features, mask = log_mel([300, 170], seed=4)
+    flat = features.permute(0, 2, 1)[mask.bool()].permute(1, 0)
+    with torch.no_grad():
+        padded = ours.model.get_audio_features(features, mask).last_hidden_state
+        concatenated = ours.model.get_audio_features(flat, audio_feature_lengths=mask.sum(-1)).last_hidden_state
+    assert max_diff(concatenated, padded) <= TOL, f"max |diff| {max_diff(concatenated, padded):.3g}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Composite config
+# --------------------------------------------------------------------------------------------------------------------
+
+TEXT_FIELDS = ("vocab_size", "rope_parameters", "max_position_embeddings", "hidden_size", "num_hidden_layers")
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def test_config_surface_matches_qwen3_vl_config():
+    """Generic code (generate, caches, resize, peft) reads text fields through get_text_config(), as for Qwen3-VL.
+
+    Qwen3VLConfig keeps them on its text config only; ours does the same (``use_cache`` is the one top-level
+    addition: our composite model runs the decoder itself, so it reads ``config.use_cache`` there).
+    """
+    text = {**TEXT, "rope_parameters": MROPE}  # explicit: Qwen3-VL's default rope_theta differs from Qwen3's
+    ours = Qwen3MultimodalConfig(text_config=text, vision_config=VISION)
+    native = Qwen3VLConfig(text_config=text, vision_config=VISION)
+    for name in TEXT_FIELDS + TOKEN_FIELDS:
+        assert hasattr(ours, name) == hasattr(native, name), f"top-level {name}: ours differs from Qwen3VLConfig"
+    for kwargs in ({}, {"decoder": True}, {"encoder": True}):
+        got, expected = ours.get_text_config(**kwargs), native.get_text_config(**kwargs)
+        assert (got is ours.text_config) == (expected is native.text_config), kwargs
+        for name in TEXT_FIELDS + TOKEN_FIELDS:
+            assert getattr(got, name, None) == getattr(expected, name, None), (kwargs, name)
+    assert set(ours.to_dict()) - set(native.to_dict()) == {
+        "audio_config",
+        "audio_token_id",
+        "audio_start_token_id",
+        "audio_end_token_id",
+        "use_cache",
+    }

@@ -11,6 +11,15 @@ How it is built, and where it differs from the models it is made of:
   hidden states after the first decoder layers at visual positions, as Qwen3-VL does.
 - Audio tower (``model.audio_tower``): transformers' ``Qwen3OmniMoeAudioEncoder``; audio tokens take 1-D positions
   (all three M-RoPE components advance together), as in Qwen3-Omni. Deepstack adds nothing at audio positions.
+- Generic interface: the same as the native classes', through transformers' own mechanisms: the ``past_key_values``
+  keyword bridged to ``cache`` (``@deprecate_kwarg``), ``return_dict=False`` tuples (``@can_return_tuple``),
+  Qwen3ForCausalLM's tied-weight table and tensor/pipeline/FSDP plans for the decoder, transformers' own
+  ``prepare_inputs_for_generation`` (so ``generate(inputs_embeds=...)`` works), and ``get_image_features`` /
+  ``get_video_features`` / ``get_audio_features`` returning Qwen3-VL's and Qwen3-Omni's output types.
+- Differs from Qwen3-VL in structure: the base model runs the decoder itself (no ``language_model`` submodule, so
+  the keys stay Qwen3's), hence ``use_cache`` and the decoder's parallelism plans sit on the composite config.
+- Compile: the text path (text-only prefill, and every decoding step, which is what ``generate()`` compiles) traces
+  as one graph; the media path (a prefill with images/video/audio) does not, and ``generate()`` never compiles it.
 
 Design choice: the towers and decoder layers are *composed* from transformers' modules rather than re-written.
 They are then exact by construction (parity tests against the native models still check our glue: positions,
@@ -30,7 +39,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GenericForSequenceClassification
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3Attention,
@@ -39,9 +48,13 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RMSNorm,
 )
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
-from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding, Qwen3VLVisionModel
+from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+    BaseModelOutputWithDeepstackFeatures,
+    Qwen3VLTextRotaryEmbedding,
+    Qwen3VLVisionModel,
+)
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.generic import accepts_precomputed_kwargs, can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
@@ -147,22 +160,62 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
 
     # ---- towers ------------------------------------------------------------------------------------------------
 
-    def get_image_features(self, pixel_values, image_grid_thw, **kwargs):
-        """Vision tower on flattened patches. Returns (merged [n_tokens, hidden], deepstack list of the same shape)."""
+    # Same signatures and outputs as Qwen3VLModel's / Qwen3OmniMoeThinkerModel's, so generic multimodal code works.
+
+    @accepts_precomputed_kwargs(modality="image")
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor | None = None, **kwargs
+    ) -> tuple | BaseModelOutputWithDeepstackFeatures:
+        """Vision tower on flattened patches [n_patches, channels * patch volume], as Qwen3-VL's.
+
+        ``pooler_output``: one [n_tokens_i, hidden] tensor per image (a tuple); ``deepstack_features``: one such
+        tuple per deepstack layer; ``last_hidden_state``: the tower's unmerged output.
+        """
         if self.visual is None:
             raise ValueError("This checkpoint has no vision tower (vision_config is None); it cannot read images.")
         out = self.visual(pixel_values.type(self.visual.dtype), grid_thw=image_grid_thw, return_dict=True, **kwargs)
-        return out.pooler_output, out.deepstack_features
+        split_sizes = (image_grid_thw.prod(-1) // self.visual.spatial_merge_size**2).tolist()
+        out.pooler_output = torch.split(out.pooler_output, split_sizes)
+        out.deepstack_features = [torch.split(features, split_sizes) for features in out.deepstack_features]
+        return out
 
-    def get_audio_features(self, input_features, feature_attention_mask, **kwargs):
-        """Audio tower on padded log-mel features [n_clips, mel, frames]. Returns [n_tokens, hidden]."""
+    @accepts_precomputed_kwargs(modality="video")
+    @can_return_tuple
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.LongTensor | None = None, **kwargs
+    ) -> tuple | BaseModelOutputWithDeepstackFeatures:
+        """Videos go through the vision tower exactly as images (one entry per video in ``pooler_output``)."""
+        return self.get_image_features(pixel_values_videos, video_grid_thw, **kwargs)
+
+    @accepts_precomputed_kwargs(modality="audio")
+    @can_return_tuple
+    def get_audio_features(
+        self,
+        input_features: torch.Tensor,
+        feature_attention_mask: torch.LongTensor | None = None,
+        audio_feature_lengths: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Audio tower, as Qwen3-Omni's: ``last_hidden_state`` is [n_tokens of all clips, hidden].
+
+        Takes padded log-mel features [n_clips, mel, frames] with ``feature_attention_mask`` [n_clips, frames], or
+        clips already concatenated [mel, total frames] with ``audio_feature_lengths`` [n_clips].
+        """
         if self.audio_tower is None:
             raise ValueError("This checkpoint has no audio tower (audio_config is None); it cannot read audio.")
-        feature_lens = feature_attention_mask.sum(-1)
-        # [n_clips, mel, frames] -> [mel, sum of valid frames]: the tower takes the clips concatenated (as Qwen3-Omni)
-        features = input_features.permute(0, 2, 1)[feature_attention_mask.bool()].permute(1, 0)
-        out = self.audio_tower(features.type(self.audio_tower.dtype), feature_lens=feature_lens, return_dict=True)
-        return out.last_hidden_state
+        if feature_attention_mask is not None:
+            audio_feature_lengths = feature_attention_mask.sum(-1)
+            # [n_clips, mel, frames] -> [mel, sum of valid frames]: the tower takes the clips concatenated
+            input_features = input_features.permute(0, 2, 1)[feature_attention_mask.bool()].permute(1, 0)
+        elif audio_feature_lengths is None:
+            raise ValueError(
+                "get_audio_features needs feature_attention_mask (padded clips [n, mel, frames]) or "
+                "audio_feature_lengths (clips concatenated [mel, frames]); the processor returns the former."
+            )
+        return self.audio_tower(
+            input_features.type(self.audio_tower.dtype), feature_lens=audio_feature_lengths, return_dict=True, **kwargs
+        )
 
     # ---- positions ---------------------------------------------------------------------------------------------
 
@@ -249,13 +302,15 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
         has_media = pixel_values is not None or pixel_values_videos is not None or input_features is not None
         if has_media and input_ids is None:
             raise ValueError("Media inputs need input_ids (the placeholder tokens say where the media go).")
-        for pixels, grid, token_id, what in (
-            (pixel_values, image_grid_thw, self.config.image_token_id, "images"),
-            (pixel_values_videos, video_grid_thw, self.config.video_token_id, "videos"),
+        for pixels, grid, token_id, encode, what in (
+            (pixel_values, image_grid_thw, self.config.image_token_id, self.get_image_features, "images"),
+            (pixel_values_videos, video_grid_thw, self.config.video_token_id, self.get_video_features, "videos"),
         ):
             if pixels is None:
                 continue
-            embeds, stack = self.get_image_features(pixels, grid)
+            features = encode(pixels, grid, return_dict=True)
+            embeds = torch.cat(features.pooler_output)
+            stack = [torch.cat(per_layer) for per_layer in features.deepstack_features]
             mask = input_ids == token_id
             inputs_embeds = scatter_features(inputs_embeds, mask, embeds, what)
             if visual_mask is None:
@@ -273,7 +328,9 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
         if input_features is not None:
             if feature_attention_mask is None:
                 feature_attention_mask = torch.ones(input_features.shape[::2], dtype=torch.long)
-            audio_embeds = self.get_audio_features(input_features, feature_attention_mask.to(input_features.device))
+            audio_embeds = self.get_audio_features(
+                input_features, feature_attention_mask.to(input_features.device), return_dict=True
+            ).last_hidden_state
             inputs_embeds = scatter_features(
                 inputs_embeds, input_ids == self.config.audio_token_id, audio_embeds, "audio"
             )
@@ -357,6 +414,15 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
 
     def set_input_embeddings(self, value):
         self.model.embed_tokens = value
+
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
+        return self.model.get_image_features(pixel_values, image_grid_thw, **kwargs)
+
+    def get_video_features(self, pixel_values_videos, video_grid_thw=None, **kwargs):
+        return self.model.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
+
+    def get_audio_features(self, input_features, feature_attention_mask=None, audio_feature_lengths=None, **kwargs):
+        return self.model.get_audio_features(input_features, feature_attention_mask, audio_feature_lengths, **kwargs)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' bridge for the pre-5.24 name
     @can_return_tuple
