@@ -3,6 +3,7 @@
 TRANSFORMERS_FLOOR := 5.24.0
 
 PYTHON ?= python3.11
+CONSTRAINTS ?= ci/constraints.txt
 FLOOR_VENV := .venv-floor
 FLOOR_PY := $(FLOOR_VENV)/bin/python
 # Keyed on the floor version: raising TRANSFORMERS_FLOOR reinstalls into the same venv.
@@ -14,13 +15,13 @@ FLOOR_TESTS := tests/test_text_parity.py tests/test_checkpoint.py $(wildcard tes
 
 venv-floor: $(FLOOR_STAMP)
 
-# The project as `make test` installs it, then only transformers moves to the floor. pip warns that this
-# conflicts with pyproject's upper pin when floor < ceiling; that is the point, and it still installs.
-$(FLOOR_STAMP): pyproject.toml
+# The project as `make test` installs it (the exact versions in ci/constraints.txt), then only transformers moves
+# to the floor. A candidate outside pyproject's range installs too, with a pip warning (docs/compatibility.md).
+$(FLOOR_STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
 	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install --upgrade pip
-	$(FLOOR_PY) -m pip install -e ".[dev]"
+	$(FLOOR_PY) -m pip install -c $(CONSTRAINTS) -e ".[dev]"
 	$(FLOOR_PY) -m pip install "transformers==$(TRANSFORMERS_FLOOR)"
 	rm -f $(FLOOR_VENV)/.installed-transformers-*
 	touch $@
