@@ -93,6 +93,8 @@ def test_audio_from_must_be_omni(vl_folder, tmp_path):
 
 
 def test_unsupported_model_type_lists_supported(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    src = tmp_path / "src"  # not the parent of dst: a destination inside the source is refused first
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
     with pytest.raises(CheckpointError, match="supports: qwen3, qwen3_vl"):
-        import_checkpoint(tmp_path, tmp_path / "dst")
+        import_checkpoint(src, tmp_path / "dst")

@@ -225,7 +225,7 @@ def test_audio_tower_matches_native_omni_encoder(vl_pair, features):
     )
     input_features, mask = features
     with torch.no_grad():
-        got = ours.model.get_audio_features(input_features, mask)
+        got = ours.model.get_audio_features(input_features, mask).last_hidden_state
         lens = mask.sum(-1)
         flat = input_features.permute(0, 2, 1)[mask.bool()].permute(1, 0)
         expected = native(flat, feature_lens=lens).last_hidden_state
@@ -249,6 +249,6 @@ def test_audio_glue_scatter_and_1d_positions(vl_pair, features):
     with torch.no_grad():
         got = ours(input_ids=ids, input_features=input_features, feature_attention_mask=mask).logits
         embeds = ours.model.embed_tokens(ids).clone()
-        embeds[ids == AUDIO] = ours.model.get_audio_features(input_features, mask)
+        embeds[ids == AUDIO] = ours.model.get_audio_features(input_features, mask).last_hidden_state
         expected = ours(inputs_embeds=embeds).logits  # text path: plain 1-D positions
     assert (got - expected).abs().max().item() <= 1e-6
