@@ -19,7 +19,12 @@ Outputs (each written to a temporary folder and renamed into place at the end):
 - ``OUT/finetune.json``: settings, step counts, trainable parameters and the Trainer's log.
 
 Checkpoints go to ``OUT.checkpoints/`` (``--checkpoint-dir``) every ``--save-steps``; ``--resume`` continues from the
-latest one (or ``--resume CKPT``). Weights train in float32 (``--bf16`` turns on bf16 autocast on GPUs); outputs are
+latest one (or ``--resume CKPT``). A run that fails leaves no empty checkpoint folder and no partial output (only the
+checkpoints it saved, for ``--resume``).
+
+Everything is checked before training starts: the outputs, MODEL (``validate_folder``, the check every verb runs), and
+every record of the data, each encoded once by the tokenizer or processor exactly as the data loader will encode it,
+so a bad media part, inline media tag or over-long record fails with the line that holds it, not at step N. Weights train in float32 (``--bf16`` turns on bf16 autocast on GPUs); outputs are
 written in the dtype the source checkpoint was stored in.
 
 Several GPUs or hosts: the same command under ``accelerate launch`` (Trainer runs DDP; only the main process writes
@@ -29,6 +34,7 @@ outputs). See docs/finetune.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -37,7 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import FolderError, OutputError, UserError
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -52,6 +58,10 @@ AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
 class DataError(UserError, ValueError):
     """A training record that cannot be used; the message names the file and line."""
+
+
+class FinetuneUsageError(UserError, ValueError):
+    """Options that do not go together, or a --resume checkpoint that is not one."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -142,18 +152,21 @@ def read_chat_jsonl(path) -> list[ChatRecord]:
     """Parse and validate every line now (bad records fail before any training starts)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file (expected chat-format JSONL, one record per line).")
+        raise DataError(f"{path}: no such data file (expected chat-format JSONL, one record per line).")
     root = path.resolve().parent
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8.") from err
     records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from err
-            records.append(parse_record(obj, root, f"{path}:{n}"))
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from err
+        records.append(parse_record(obj, root, f"{path}:{n}"))
     if not records:
         raise DataError(f"{path} holds no records.")
     return records
@@ -208,13 +221,16 @@ class ChatEncoder:
                     f"{record.where}: the record has {'/'.join(sorted(set(record.media)))} parts but "
                     f"the model has no processor for them (a text-only model?)."
                 )
-            out = self.processor.apply_chat_template(
-                record.messages,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-                media_policy=self.media_policy,
-            )
+            try:
+                out = self.processor.apply_chat_template(
+                    record.messages,
+                    tokenize=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                    media_policy=self.media_policy,
+                )
+            except ValueError as err:  # MediaError (a bad media part or inline tag), placeholder counts
+                raise DataError(f"{record.where}: {' '.join(str(err).split())}") from err
             ids = out["input_ids"][0].tolist()
             features = {k: v for k, v in out.items() if k in MEDIA_KEYS + AUDIO_KEYS}
         else:
@@ -232,13 +248,19 @@ class ChatEncoder:
 
 
 class ChatDataset:
-    """Map-style dataset. Text-only records are encoded once up front (which also checks their length); records with
-    media are encoded when the data loader asks for them (images and audio are loaded then, not held in memory)."""
+    """Map-style dataset. Every record is encoded once up front, by the same encoder the data loader uses, so a bad
+    record fails before training starts (its media loaded and its inline tags parsed by the processor itself, its
+    length checked); text-only encodings are kept, media records are encoded again when the data loader asks for
+    them (images and audio are not held in memory)."""
 
     def __init__(self, records: list[ChatRecord], encoder: ChatEncoder):
         self.records = records
         self.encoder = encoder
-        self.cache = {i: encoder(r) for i, r in enumerate(records) if not r.media}
+        self.cache = {}
+        for i, record in enumerate(records):
+            encoded = encoder(record)
+            if not record.media:
+                self.cache[i] = encoded
 
     def __len__(self):
         return len(self.records)
@@ -309,7 +331,7 @@ def load_tokenizer(folder: Path):
     from .processing_qwen3_multimodal import Qwen3MultimodalTokenizer
 
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(
+        raise FolderError(
             f"{folder} has no tokenizer files; save the model with its tokenizer "
             f"(`transformers-qwen3 init` / `import` do)."
         )
@@ -323,7 +345,7 @@ def load_processor(folder: Path, config, tokenizer):
     try:
         from .processing_qwen3_multimodal import Qwen3MultimodalProcessor
     except ImportError as err:  # the processor is optional for text-only fine-tuning
-        raise ValueError(
+        raise DataError(
             f"records with images or audio need Qwen3MultimodalProcessor, which this installation "
             f"lacks ({err}); fine-tune on text-only records or update transformers-qwen3."
         ) from err
@@ -334,20 +356,24 @@ def load_processor(folder: Path, config, tokenizer):
     return default_processor(config, tokenizer)
 
 
+def validate_model(folder: Path):
+    """MODEL checked as every verb checks a model folder (`validate_folder`), and in our Hub layout; returns the
+    opened checkpoint (config and tensor headers, no weights loaded)."""
+    from .convert.checkpoint import validate_folder
+
+    ckpt = validate_folder(folder)
+    if ckpt.model_type != "qwen3_multimodal":
+        raise FolderError(
+            f"{folder / 'config.json'} is a {ckpt.model_type} model, not qwen3_multimodal; bring a native Qwen3 / "
+            f"Qwen3-VL checkpoint into our layout first with `transformers-qwen3 import`."
+        )
+    return ckpt
+
+
 def load_model(folder: Path, dtype):
+    """The model's weights (``run`` has validated the folder with :func:`validate_model`)."""
     from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} not found: MODEL must be a folder in our Hub layout "
-            f"(`transformers-qwen3 init` or `import` writes one)."
-        )
-    if json.loads(config_path.read_text()).get("model_type") != "qwen3_multimodal":
-        raise ValueError(
-            f"{config_path} is not a qwen3_multimodal model; convert a native Qwen3 / Qwen3-VL "
-            f"checkpoint first with `transformers-qwen3 import`."
-        )
     return Qwen3MultimodalForConditionalGeneration.from_pretrained(folder, dtype=dtype)
 
 
@@ -437,7 +463,7 @@ def _paths(args):
     merge_dir = None
     if args.merge is not None:
         if args.mode != "lora":
-            raise ValueError("--merge applies to LoRA runs; --full already writes a complete model.")
+            raise FinetuneUsageError("--merge applies to LoRA runs; --full already writes a complete model.")
         merge_dir = out.with_name(out.name + "-merged") if args.merge is True else Path(args.merge)
     return out, ckpt_dir, merge_dir
 
@@ -449,16 +475,21 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _check_outputs(args, out: Path, ckpt_dir: Path, merge_dir: Path | None):
+def _check_outputs(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, sources=()):
     """Fail before any work when an output would be overwritten or the checkpoint to resume is missing."""
+    from .outputs import check_destination
+
     for path, what in ((out, "OUT"), (merge_dir, "--merge DIR")):
-        if path is not None and path.exists() and not args.force:
-            raise FileExistsError(f"{path} ({what}) already exists; choose another path or pass --force.")
+        if path is None:
+            continue
+        if path.exists() and not args.force:
+            raise OutputError(f"{path} ({what}) already exists; choose another path or pass --force.")
+        check_destination(path, force=args.force, sources=sources)
     resume = args.resume
     if resume is True:
         found = _checkpoints(ckpt_dir)
         if not found:
-            raise FileNotFoundError(
+            raise FinetuneUsageError(
                 f"--resume: no checkpoint-N folder in {ckpt_dir}; give the checkpoint path "
                 f"(--resume CKPT) or start without --resume."
             )
@@ -466,20 +497,20 @@ def _check_outputs(args, out: Path, ckpt_dir: Path, merge_dir: Path | None):
     elif resume is not None:
         resume = Path(resume)
         if not (resume / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"--resume {resume}: not a Trainer checkpoint (no trainer_state.json).")
+            raise FinetuneUsageError(f"--resume {resume}: not a Trainer checkpoint (no trainer_state.json).")
     elif _checkpoints(ckpt_dir) and not args.force:
-        raise FileExistsError(
+        raise OutputError(
             f"{ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue it or "
             f"--force to start over (that deletes them)."
         )
     return resume
 
 
-def _source_dtype(folder: Path):
-    import torch
+def _source_dtype(ckpt):
+    """The dtype the weights are stored in (read from the safetensors headers, whatever config.json claims)."""
+    from .convert.checkpoint import SAFETENSORS_DTYPES
 
-    name = json.loads((folder / "config.json").read_text()).get("dtype") or "float32"
-    return getattr(torch, str(name).replace("torch.", ""), torch.float32)
+    return SAFETENSORS_DTYPES[ckpt.widest_float_dtype()]
 
 
 def training_arguments(args, ckpt_dir: Path, has_towers: bool):
@@ -519,43 +550,57 @@ def training_arguments(args, ckpt_dir: Path, has_towers: bool):
 
 
 def run(args) -> int:
+    out, ckpt_dir, merge_dir = _paths(args)
+    model_dir = Path(args.model).resolve()
+    # the cheap checks, before torch and transformers load: outputs, the model folder, the data's structure
+    resume = _check_outputs(args, out, ckpt_dir, merge_dir, sources=[model_dir])
+    ckpt = validate_model(model_dir)
+    records = read_chat_jsonl(args.data)
+    # Trainer creates its output folder when it is built; a run that fails (or saves no checkpoint) must not leave
+    # it behind empty. Checkpoints a failed run did save stay, for --resume.
+    ours = not ckpt_dir.exists() or (args.force and resume is None)
+    try:
+        return _train(args, out, ckpt_dir, merge_dir, resume, model_dir, ckpt, records)
+    finally:
+        if ours:
+            with contextlib.suppress(OSError):  # not empty, or already gone (another DDP process removed it)
+                ckpt_dir.rmdir()
+
+
+def _train(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, resume, model_dir: Path, ckpt, records) -> int:
     import torch
     from transformers import Trainer, set_seed
 
-    from .hub import atomic_folder, save_hub_folder
+    from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
+    from .hub import save_hub_folder
     from .lora import apply_lora, lora_config, merge_to_hub_folder, trainable_parameters
+    from .outputs import atomic_folder
 
-    out, ckpt_dir, merge_dir = _paths(args)
-    resume = _check_outputs(args, out, ckpt_dir, merge_dir)
-    model_dir = Path(args.model).resolve()
-    records = read_chat_jsonl(args.data)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} not found: MODEL must be a folder in our Hub layout "
-            f"(`transformers-qwen3 init` or `import` writes one)."
-        )
-    raw_config = json.loads(config_path.read_text())
-    has_towers = bool(raw_config.get("vision_config") or raw_config.get("audio_config"))
     # TrainingArguments sets up the process group under `accelerate launch` / torchrun (one process otherwise)
-    training_args = training_arguments(args, ckpt_dir, has_towers)
+    training_args = training_arguments(args, ckpt_dir, ckpt.has_towers)
     state = training_args.distributed_state
+
+    # every record encoded once now, as the data loader will: bad media, tags or lengths fail before training
+    tokenizer = load_tokenizer(model_dir)
+    config = Qwen3MultimodalConfig.from_pretrained(model_dir)
+    processor = load_processor(model_dir, config, tokenizer) if any(r.media for r in records) else None
+    encoder = ChatEncoder(tokenizer, processor, max_length=args.max_length, media_policy=media_policy_for(records))
+    dataset = ChatDataset(records, encoder)
+
     if resume is None and state.is_main_process:
         for old in _checkpoints(ckpt_dir):  # --force: an earlier run's checkpoints must not mix with this one's
             shutil.rmtree(old)
     state.wait_for_everyone()
 
-    tokenizer = load_tokenizer(model_dir)
     set_seed(args.seed)  # the LoRA initialisation draws from the global generator
     model = load_model(model_dir, torch.float32)
-    source_dtype = _source_dtype(model_dir)
-    processor = load_processor(model_dir, model.config, tokenizer) if any(r.media for r in records) else None
+    source_dtype = _source_dtype(ckpt)
     model.config.use_cache = False  # no KV cache while training; restored before saving
     model.config.text_config.use_cache = False
 
     lora_settings = None
     if args.mode == "lora":
-        config = lora_config(
+        lora = lora_config(
             rank=args.rank,
             alpha=args.alpha,
             targets=(args.targets,),
@@ -565,14 +610,12 @@ def run(args) -> int:
             include_projectors=args.lora_projectors,
             dropout=args.lora_dropout,
         )
-        model = apply_lora(model, config)
-        lora_settings = {"rank": config.r, "alpha": config.lora_alpha, "target_modules": config.target_modules}
+        model = apply_lora(model, lora)
+        lora_settings = {"rank": lora.r, "alpha": lora.lora_alpha, "target_modules": lora.target_modules}
     report = trainable_parameters(model)
     if state.is_main_process:
         print(f"{args.mode}: {report}", file=sys.stderr)
 
-    encoder = ChatEncoder(tokenizer, processor, max_length=args.max_length, media_policy=media_policy_for(records))
-    dataset = ChatDataset(records, encoder)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else PAD_FALLBACK
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=ChatCollator(pad_id))
     start_step = 0
@@ -606,7 +649,8 @@ def run(args) -> int:
         base = trained.get_base_model() if args.mode == "lora" else trained
         base.config.use_cache = True
         base.config.text_config.use_cache = True
-        with atomic_folder(out, force=args.force) as tmp:
+        # the merged folder is written inside OUT's temporary one: if merging fails, neither is published
+        with atomic_folder(out, force=args.force, sources=[model_dir]) as tmp:
             if args.mode == "lora":
                 trained.save_pretrained(tmp)
             else:
@@ -615,12 +659,13 @@ def run(args) -> int:
                 base.config.dtype = source_dtype
                 save_hub_folder(base, tokenizer, tmp, force=True, processor=processor)
             (tmp / "finetune.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            if merge_dir is not None:
+                processor = processor or load_processor(model_dir, base.config, tokenizer)
+                merge_to_hub_folder(
+                    trained, tokenizer, merge_dir, processor=processor, dtype=source_dtype, force=args.force
+                )
         print(f"wrote {out} ({args.mode}, {trainer.state.global_step} steps)", file=sys.stderr)
         if merge_dir is not None:
-            processor = processor or load_processor(model_dir, base.config, tokenizer)
-            merge_to_hub_folder(
-                trained, tokenizer, merge_dir, processor=processor, dtype=source_dtype, force=args.force
-            )
             print(f"wrote {merge_dir} (merged)", file=sys.stderr)
     state.wait_for_everyone()
     return 0
