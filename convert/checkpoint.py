@@ -200,7 +200,7 @@ def _split_config(config: dict[str, Any], path: Path) -> tuple[str, dict, dict |
                 "config.json"
             )
         sub_type = sub.get("model_type", next(iter(allowed)))  # absent: the tower this layout defines
-        if sub_type not in allowed:
+        if not isinstance(sub_type, str) or sub_type not in allowed:
             raise CheckpointFolderError(
                 f"{path}: {kind} has model_type {sub_type!r}, a tower variant neither our model nor llama.cpp's "
                 f"mmproj implements; "

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.base is not None:
         raise ConversionError(f"--base applies to LoRA adapter folders; {args.src} has no adapter_config.json")
     else:
-        paths = convert_checkpoint(  # ConversionError (a ValueError) becomes the CLI's one-line error
+        paths = convert_checkpoint(  # its errors are UserErrors: the CLI prints each as one line
             args.src,
             args.outdir,
             outtype=args.outtype,

@@ -55,6 +55,11 @@ def _token_id(value: Any) -> str | None:
     return None if _is_int(value) and 0 <= value <= MAX_SIZE else "must be a token id (a whole number >= 0)"
 
 
+def _token_ids(value: Any) -> str | None:
+    ok = _is_int(value) or isinstance(value, list) and all(_is_int(v) for v in value)
+    return None if ok else "must be a token id or a list of them"
+
+
 def _positive(value: Any) -> str | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     return None if ok else "must be a positive number"
@@ -101,6 +106,9 @@ TEXT_SCHEMA: dict[str, tuple[Check, bool]] = {
     "use_sliding_window": (_bool, False),
     "hidden_act": (_string, False),
     "layer_types": (_strings, False),
+    "pad_token_id": (_token_ids, False),  # an int (checked against vocab_size below)
+    "bos_token_id": (_token_ids, False),
+    "eos_token_id": (_token_ids, False),
 }
 ROPE_SCHEMA: dict[str, tuple[Check, bool]] = {
     "rope_type": (_string, False),
@@ -225,6 +233,13 @@ def _relations(config, text, vision, audio, t: str) -> list[str]:
             f"{t}layer_types has {len(layer_types)} entries for {text['num_hidden_layers']} layers",
         )
     vocab = text["vocab_size"]
+    pad = text.get("pad_token_id")
+    if pad is not None:
+        # the embedding's padding_idx: transformers asserts on any other value
+        need(
+            _is_int(pad) and -vocab <= pad < vocab,
+            f"{t}pad_token_id {pad} is outside the vocabulary (vocab_size {vocab})",
+        )
     for key in TOP_SCHEMA:
         if key.endswith("_token_id") and config.get(key) is not None:
             need(config[key] < vocab, f"{key} {config[key]} is outside the vocabulary (vocab_size {vocab})")
@@ -283,10 +298,19 @@ def _text_rope(text: dict[str, Any]) -> dict[str, Any]:
 
 
 def _built(what: str, ckpt: Checkpoint, build: Callable[[], dict[str, tuple[int, ...]]]) -> dict:
-    # the schema has passed; what transformers' config classes still refuse is reported the same way
+    # The schema has passed; what transformers' config classes still refuse (their strict dataclass fields check the
+    # type of every key the schema leaves alone) is reported the same way.
+    from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
+
     try:
         return build()
-    except (TypeError, ValueError, KeyError) as e:
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        StrictDataclassFieldValidationError,
+        StrictDataclassClassValidationError,
+    ) as e:
         raise CheckpointFolderError(
             f"{ckpt.folder / 'config.json'}: {what} cannot be built from it ({type(e).__name__}: {e}); fix config.json"
         ) from e
