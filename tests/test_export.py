@@ -330,11 +330,12 @@ def test_example_card_in_docs_is_a_valid_card():
 
 
 def _linked_copy(src: Path, dst: Path) -> Path:
-    """A cheap copy of a model folder: big files are symlinks, small ones copies (so they can be edited)."""
+    """A cheap copy of a model folder: big files are hard links, small ones copies (so they can be edited).
+    Not symlinks: a weight file that links out of its folder is refused (a cloned repo could point it anywhere)."""
     dst.mkdir()
     for path in src.iterdir():
         if path.stat().st_size > 1_000_000:
-            (dst / path.name).symlink_to(path)
+            os.link(path, dst / path.name)
         else:
             shutil.copyfile(path, dst / path.name)
     return dst
@@ -421,13 +422,13 @@ def test_not_a_qwen3_multimodal_folder(tmp_path, capsys):
     _fails([tmp_path / "src", tmp_path / "out"], capsys, "'llama'", "transformers-qwen3 import")
 
 
-def test_truncated_weights_fail_during_the_export_and_leave_nothing(tiny_src, tmp_path, capsys):
+def test_truncated_weights_fail_before_anything_is_written(tiny_src, tmp_path, capsys):
     src = _linked_copy(tiny_src, tmp_path / "src")
     weights = src / "model.safetensors"
     data = weights.read_bytes()
     weights.unlink()
     weights.write_bytes(data[: len(data) // 2])
-    _fails([src, tmp_path / "out"], capsys, "cannot load the model")
+    _fails([src, tmp_path / "out"], capsys, "model.safetensors", "truncated")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no OUT, no temporary folder
 
 

@@ -161,10 +161,9 @@ def read_config_json(src: Path) -> dict:
     path = src / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: `import` takes a folder holding a Qwen3 or Qwen3-VL checkpoint.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}).") from err
+    from .convert.checkpoint import read_json_object
+
+    return read_json_object(path, "`import` takes a folder holding a Qwen3 or Qwen3-VL checkpoint")
 
 
 def _strip(config: dict) -> dict:
@@ -298,6 +297,9 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
             f"{src / 'config.json'} has model_type {model_type!r}; `import` supports: {', '.join(IMPORTERS)} "
             f"(native Qwen3ForCausalLM and Qwen3VLForConditionalGeneration checkpoints)."
         )
+    from .convert.checkpoint import validate_folder
+
+    validate_folder(src)  # schema, index, headers, shapes: one clear error before transformers reads anything
     make_config, key_mapping = IMPORTERS[model_type]
     config = make_config(raw)
     shards = source_shards(src)

@@ -89,8 +89,10 @@ class Generate:
 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from .convert.checkpoint import validate_folder
         from .hub import code_differences
 
+        validate_folder(args.model)  # one clear error for a broken folder, before transformers reads it
         # Without --trust-remote-code the installed classes (registered by importing this package) load the folder:
         # its code files never run, and so neither do their media rules for --prompt's tags.
         differing = code_differences(args.model)

@@ -83,10 +83,9 @@ def _check_source(src: Path) -> dict:
     config_path = src / "config.json"
     if not config_path.is_file():
         raise ExportError(f"{src} has no config.json; MODEL must be a model folder in the transformers-qwen3 layout.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ExportError(f"{config_path} is not valid JSON ({err}).") from err
+    from .convert.checkpoint import read_json_object, validate_folder
+
+    config = read_json_object(config_path, "MODEL must be a model folder in the transformers-qwen3 layout")
     if config.get("model_type") != "qwen3_multimodal":
         raise ExportError(
             f"{config_path} has model_type {config.get('model_type')!r}, not 'qwen3_multimodal'. Bring native Qwen3 "
@@ -104,8 +103,7 @@ def _check_source(src: Path) -> dict:
             f"{src} is a multimodal model but has no processor files ({' / '.join(PROCESSOR_FILES)}). Save the "
             "processor into the folder (processor.save_pretrained(MODEL)) and export again."
         )
-    if not any(src.glob("*.safetensors")):
-        raise ExportError(f"{src} has no .safetensors weights.")
+    validate_folder(src)  # config schema, index, safetensors headers and shapes: one clear error, nothing loaded
     return config
 
 
