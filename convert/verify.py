@@ -397,8 +397,10 @@ def check_image_embeddings(ctx: Context) -> Result:
     image = synthetic_image()
     inputs, _ = encoder.encode_images([image])
     with torch.no_grad():
-        main, deepstack = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-    # mtmd's row layout for a deepstack model: [main | deepstack_0 | deepstack_1 …]
+        out = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    # per-image tuples, as Qwen3-VL's; mtmd's row layout for a deepstack model: [main | deepstack_0 | deepstack_1 …]
+    main = torch.cat(out.pooler_output)
+    deepstack = [torch.cat(features) for features in out.deepstack_features]
     ref = torch.cat([main, *deepstack], dim=-1).float().numpy()
     mtmd = Mtmd(ctx)
     try:
@@ -435,8 +437,8 @@ def check_audio_embeddings(ctx: Context) -> Result:
             samples = synthetic_audio(seconds)
             inputs, _ = encoder.encode_audio([torch.from_numpy(samples)])
             with torch.no_grad():
-                ref = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
-            ref = ref.float().numpy()
+                out = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+            ref = out.last_hidden_state.float().numpy()  # [n_tokens, hidden], as Qwen3-Omni's
             got = mtmd.embed(mtmd.audio_bitmap(samples))
             entry = {"tokens_ours": ref.shape[0], "tokens_mtmd": got.shape[0]}
             if got.shape[0] != ref.shape[0] or got.shape[1] < ref.shape[1]:
