@@ -528,6 +528,23 @@ def test_index_cannot_name_files_outside_the_folder(verb, kind, bases, tmp_path,
     assert not out.exists()
 
 
+def test_symlinks_inside_the_folder_and_into_a_hub_cache_blobs_folder_are_followed(bases, tmp_path):
+    """A Hub cache snapshot (models--ORG--NAME/snapshots/REV/) holds symlinks into the repository's blobs/: those,
+    and symlinks within the folder, are the checkpoint's own files."""
+    repo = tmp_path / "models--org--tiny"
+    snapshot, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, path in enumerate(sorted(bases["sharded"].iterdir())):
+        os.link(path, blobs / f"blob{i}")
+        (snapshot / path.name).symlink_to(Path("../../blobs") / f"blob{i}")
+    assert validate_folder(snapshot).tensors
+    local = _clone(bases["tiny"], tmp_path / "local")
+    (local / WEIGHTS).rename(local / "weights.bin.safetensors")
+    (local / WEIGHTS).symlink_to("weights.bin.safetensors")
+    assert validate_folder(local).tensors
+
+
 # --- convert: quantizer options checked before anything is written -------------------------------------------------
 def test_k_quant_without_llama_cpp_is_refused_before_writing(bases, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
