@@ -19,13 +19,14 @@ Outputs (each written to a temporary folder and renamed into place at the end):
 - ``OUT/finetune.json``: settings, step counts, trainable parameters and the Trainer's log.
 
 Checkpoints go to ``OUT.checkpoints/`` (``--checkpoint-dir``) every ``--save-steps``; ``--resume`` continues from the
-latest one (or ``--resume CKPT``). A run that fails leaves no empty checkpoint folder and no partial output (only the
-checkpoints it saved, for ``--resume``).
+latest one (or ``--resume CKPT``). Weights train in float32 (``--bf16`` turns on bf16 autocast on GPUs); outputs are
+written in the dtype the source checkpoint's safetensors store.
 
 Everything is checked before training starts: the outputs, MODEL (``validate_folder``, the check every verb runs), and
 every record of the data, each encoded once by the tokenizer or processor exactly as the data loader will encode it,
-so a bad media part, inline media tag or over-long record fails with the line that holds it, not at step N. Weights train in float32 (``--bf16`` turns on bf16 autocast on GPUs); outputs are
-written in the dtype the source checkpoint was stored in.
+so a bad media part, inline media tag or over-long record fails with the line that holds it, not at step N (the price:
+media records are decoded twice). A run that fails leaves no empty checkpoint folder and no partial output; only the
+checkpoints it saved stay, for ``--resume``.
 
 Several GPUs or hosts: the same command under ``accelerate launch`` (Trainer runs DDP; only the main process writes
 outputs). See docs/finetune.md.
