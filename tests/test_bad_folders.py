@@ -545,6 +545,24 @@ def test_symlinks_inside_the_folder_and_into_a_hub_cache_blobs_folder_are_follow
     assert validate_folder(local).tensors
 
 
+@pytest.mark.parametrize(
+    ("config", "weights", "needle"),
+    [
+        ("[]", b"", "adapter_config.json"),
+        ('{"peft_type": "LORA"}', b"\x10\x00\x00", "adapter_model.safetensors"),
+    ],
+    ids=["adapter config a list", "truncated adapter weights"],
+)
+def test_bad_adapter_folder(config, weights, needle, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(config)
+    (adapter / "adapter_model.safetensors").write_bytes(weights)
+    code = main(["convert", str(adapter), str(tmp_path / "out")])
+    assert_one_line_error("convert", code, capsys.readouterr().err, needle)
+    assert not (tmp_path / "out").exists()
+
+
 # --- convert: quantizer options checked before anything is written -------------------------------------------------
 def test_k_quant_without_llama_cpp_is_refused_before_writing(bases, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
