@@ -434,8 +434,27 @@ def validate_folder(folder: str | Path) -> Checkpoint:
     Raises one `CheckpointFolderError` (a `transformers_qwen3.errors.FolderError`) naming the file and the problem
     for: a config.json that is not an object or breaks the schema (types, ranges, heads dividing sizes, complete
     tower configs), an index whose weight_map is missing or names files outside the folder or absent, a safetensors
-    file whose header does not fit the file, and tensors missing, unexpected or shaped unlike the config implies.
-    Reads headers only: no tensor data, and transformers never sees the config before it passed."""
+    file whose header does not fit the file, tensors missing, unexpected or shaped unlike the config implies, and a
+    tokenizer.json that does not load. Reads headers only: no tensor data, and transformers never sees the config
+    before it passed."""
     ckpt = open_checkpoint(folder)
     check_tensors(ckpt)
+    check_tokenizer_file(ckpt.folder)
     return ckpt
+
+
+def check_tokenizer_file(folder: Path) -> None:
+    """A tokenizer.json the folder has must load in the tokenizers library (which every verb's tokenizer uses)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return  # a folder may carry another tokenizer format; the verbs that need tokenizer.json say so
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for any malformed file
+        reason = " ".join(str(e).split())[:160]
+        raise CheckpointFolderError(
+            f"{path}: not a tokenizer the tokenizers library can read ({reason}); save the tokenizer again "
+            "(tokenizer.save_pretrained(folder))"
+        ) from e

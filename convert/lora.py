@@ -40,7 +40,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any
 import gguf
 import torch
 
+from ..outputs import atomic_file
 from .checkpoint import (
     LAYOUTS,
     SAFETENSORS_DTYPES,
@@ -59,7 +59,7 @@ from .checkpoint import (
 )
 from .errors import CheckpointFolderError, ConversionError
 from .metadata import add_general, text_arch
-from .pipeline import DIRECT_OUTTYPES, _check_name, _file_mode, _prepare_outdir, type_label
+from .pipeline import DIRECT_OUTTYPES, _check_name, _prepare_outdir, type_label
 from .plan import PlannedTensor, format_plan, storage_type, tensor_nbytes
 from .tensor_map import AUDIO_PREFIX, TEXT_TENSORS, VISION_PREFIX, match
 from .writer import write_gguf
@@ -458,14 +458,7 @@ def convert_lora(
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
         w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=outdir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; published files get the usual umask-based mode
+    with atomic_file(out) as tmp:
         write_gguf(tmp, arch, plan, metadata, ckpt, progress, out.name)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("%s: %d LoRA pairs for %s (alpha %g)", out.name, len(plan) // 2, arch, alpha)
     return [out]

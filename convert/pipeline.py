@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gguf
 
+from ..outputs import publish_file, temp_file
 from .checkpoint import Checkpoint, validate_folder
 from .errors import ConversionError
 from .metadata import ARCH_MMPROJ, add_general, add_mmproj_hparams, add_text_hparams, text_arch
@@ -82,12 +83,6 @@ def _prepare_outdir(outdir: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise ConversionError(f"OUTDIR {outdir} is not writable ({e.strerror}); pick a writable folder") from e
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def plan_outputs(ckpt: Checkpoint, outdir: Path, outtype: str, name: str) -> list[Output]:
@@ -192,14 +187,11 @@ def convert_checkpoint(
     staged: list[tuple[Path, Path]] = []
     scratch: list[Path] = []
 
-    mode = _file_mode()
-
     def temp_path(final: Path) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=outdir)
-        os.close(fd)
-        os.chmod(tmp, mode)  # mkstemp makes 0600; published files get the usual umask-based mode
-        scratch.append(Path(tmp))
-        return Path(tmp)
+        # our temporary naming: a run killed mid-write leaves it behind, and the next run into OUTDIR removes it
+        tmp = temp_file(final)
+        scratch.append(tmp)
+        return tmp
 
     try:
         for out in outputs:
@@ -223,7 +215,7 @@ def convert_checkpoint(
                 raise ConversionError(f"{out.path} exists with different content; pass --force to overwrite")
             staged.append((tmp, out.path))
         for tmp, final in staged:
-            os.replace(tmp, final)
+            publish_file(tmp, final)
     finally:
         for tmp in scratch:
             tmp.unlink(missing_ok=True)

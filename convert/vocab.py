@@ -12,14 +12,14 @@ llama.cpp is refused.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from .errors import ConversionError
+from .checkpoint import read_json_object
+from .errors import CheckpointFolderError, ConversionError
 
 # The Qwen2 / Qwen2.5 / Qwen3 pre-tokenizer regex: llama.cpp's `qwen2` pre-tokenizer implements exactly this one.
 QWEN2_PRETOKENIZER_REGEX = (
@@ -91,12 +91,18 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
             f"{folder}: no tokenizer.json; save the tokenizer next to the weights "
             "(tokenizer.save_pretrained(folder), or transformers_qwen3.tokenizer.save_tokenizer)"
         )
-    with open(path, encoding="utf-8") as f:
-        tok = json.load(f)
-    _check_pretokenizer(tok, path)
-
-    by_id: dict[int, str] = {i: t for t, i in tok["model"]["vocab"].items()}
-    added = {a["id"]: a for a in tok.get("added_tokens", [])}
+    tok = read_json_object(path, "save the tokenizer again (tokenizer.save_pretrained(folder))")
+    try:
+        _check_pretokenizer(tok, path)
+        by_id: dict[int, str] = {int(i): str(t) for t, i in tok["model"]["vocab"].items()}
+        added = {int(a["id"]): a for a in tok.get("added_tokens", [])}
+    except ConversionError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # an untrusted file's structure, not our bug
+        raise CheckpointFolderError(
+            f"{path}: not a tokenizers BPE file (model.vocab / added_tokens malformed: {type(e).__name__} {e}); "
+            "save the tokenizer again (tokenizer.save_pretrained(folder))"
+        ) from e
     for i, a in added.items():
         by_id[i] = a["content"]
     if by_id and max(by_id) >= vocab_size:

@@ -311,6 +311,12 @@ CASES: dict[str, tuple[str, Callable[[Path], str]]] = {
     "shard a symlink out of the folder": ("sharded", _symlink_out),
     "index puts a tensor in the wrong shard": ("sharded", _index(_wrong_shard)),
     "truncated shard": ("sharded", _bytes(lambda d: d[: len(d) - 100])),
+    # tokenizer.json
+    "tokenizer.json a JSON list": ("ours", lambda f: _write_bytes(f / "tokenizer.json", b"[1]") or "tokenizer.json"),
+    "tokenizer.json without a vocab": (
+        "ours",
+        lambda f: _write_bytes(f / "tokenizer.json", b'{"model": {"type": "BPE"}}') or "tokenizer.json",
+    ),
     # config.json
     "config.json not JSON": ("text", _raw_config('{"model_type": ')),
     "config.json a JSON list": ("text", _raw_config("[]")),

@@ -10,6 +10,8 @@ Each check prints its measured numbers (pytest -s shows them).
 
 from __future__ import annotations
 
+import os
+
 import gguf
 import pytest
 import torch
@@ -141,6 +143,6 @@ def test_k_quant_conversions_share_the_q8_0_mmproj(root, tmp_path):
     text2, mmproj2 = convert_checkpoint(src, tmp_path, "q5_k_m", progress=False)  # no --force needed
     assert mmproj2 == mmproj and (mmproj.stat().st_mtime_ns, mmproj.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mm-Q4_K_M.gguf", "mm-Q5_K_M.gguf", "mmproj-mm-Q8_0.gguf"]
-    from transformers_qwen3.convert.pipeline import _file_mode
-
-    assert {p.stat().st_mode & 0o777 for p in (text, text2, mmproj)} == {_file_mode()}  # umask, not mkstemp's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in (text, text2, mmproj)} == {0o666 & ~umask}  # umask, not mkstemp's 0600

@@ -174,6 +174,17 @@ def test_init_killed_mid_write_is_cleaned_by_the_next_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small"]
 
 
+def test_convert_removes_what_a_killed_conversion_left(tiny, tmp_path, capsys):
+    """convert's temporaries carry the writer's pid, so a dead writer's are found and removed by the next run."""
+    outdir = tmp_path / "gguf"
+    outdir.mkdir()
+    stale = outdir / f".tiny-F32.gguf.{_dead_pid()}-abc.partial"
+    stale.write_bytes(b"half a gguf")
+    assert main(["convert", str(tiny), str(outdir), "--outtype", "f32"]) == 0
+    assert "interrupted run" in capsys.readouterr().err
+    assert sorted(p.name for p in outdir.iterdir()) == ["tiny-F32.gguf"]
+
+
 def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path):
     proc = subprocess.Popen([*CLI, "init", "big", "--preset", "0.6b"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
