@@ -8,7 +8,6 @@ qwen3vl_merger / qwen3a), written through gguf-py's GGUFWriter helpers so that e
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import gguf
 
@@ -131,13 +130,3 @@ def add_mmproj_hparams(writer: gguf.GGUFWriter, ckpt: Checkpoint) -> None:
         writer.add_audio_head_count(a["encoder_attention_heads"])
         writer.add_audio_num_mel_bins(a["num_mel_bins"])
         writer.add_audio_attention_layernorm_eps(AUDIO_LAYER_NORM_EPS)
-
-
-def describe(ckpt: Checkpoint) -> dict[str, Any]:
-    """A short summary for logs and the dry run."""
-    return {
-        "layout": ckpt.model_type,
-        "text_arch": text_arch(ckpt),
-        "vision": ckpt.vision is not None,
-        "audio": ckpt.audio is not None,
-    }

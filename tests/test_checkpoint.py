@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_clean_python
+from conftest import run_clean_python
 from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.dynamic_module_utils import get_imports
 
@@ -196,4 +196,3 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     code = main(["import", str(tmp_path / "nowhere"), str(tmp_path / "dst")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "config.json not found" in err
-    assert REPO.is_dir()

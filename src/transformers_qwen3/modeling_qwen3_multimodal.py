@@ -112,12 +112,8 @@ class Qwen3MultimodalPreTrainedModel(PreTrainedModel):
     # media are encoded in the prefill step, which generate() never compiles.
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": Qwen3DecoderLayer, "attentions": Qwen3Attention}
-
-    def _init_weights(self, module):
-        # transformers 5 builds models on the meta device: every parameter *and* non-persistent buffer must be
-        # (re)computed here. The base class re-derives RotaryEmbedding ``inv_freq`` buffers; the towers are
-        # PreTrainedModels themselves and initialise their own buffers (vision rotary, audio sinusoid table).
-        super()._init_weights(module)
+    # No _init_weights override: the base class's re-derives the RotaryEmbedding ``inv_freq`` buffers that models
+    # built on the meta device need, and the towers are PreTrainedModels that initialise their own buffers.
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ IMAGE_TASKS = ("colour", "shape", "count", "position")
 AUDIO_TASKS = ("count", "pitch", "duration")
 # Defaults for the demo: the clip-length question is left out because it needs the model to measure sequence length,
 # which is the hardest cue for a tiny model and not needed to show the audio path working.
-DEFAULT_IMAGE_TASKS = ("colour", "shape", "count", "position")
+DEFAULT_IMAGE_TASKS = IMAGE_TASKS
 DEFAULT_AUDIO_TASKS = ("count", "pitch")
 
 # Every answer each task can give; one Qwen3 token each (checked by tests/test_synthetic.py).
