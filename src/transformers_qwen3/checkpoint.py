@@ -335,7 +335,7 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
         if key_mapping is None and not omni_shards:
             for shard in shards:
                 shutil.copyfile(shard, tmp / shard.name)
-            if (src / INDEX_NAME).is_file():
+            if len(shards) > 1 or shards[0].name != "model.safetensors":  # the shards came from the index
                 shutil.copyfile(src / INDEX_NAME, tmp / INDEX_NAME)
             _write_common(tmp, config, tokenizer)
         else:
