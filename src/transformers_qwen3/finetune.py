@@ -222,6 +222,8 @@ class ChatEncoder:
                     f"{record.where}: the record has {'/'.join(sorted(set(record.media)))} parts but "
                     f"the model has no processor for them (a text-only model?)."
                 )
+            from .processing_qwen3_multimodal import MediaError
+
             try:
                 out = self.processor.apply_chat_template(
                     record.messages,
@@ -230,7 +232,7 @@ class ChatEncoder:
                     return_tensors="pt",
                     media_policy=self.media_policy,
                 )
-            except ValueError as err:  # MediaError (a bad media part or inline tag), placeholder counts
+            except MediaError as err:  # a bad media part or inline tag, placeholder counts: the record's fault
                 raise DataError(f"{record.where}: {' '.join(str(err).split())}") from err
             ids = out["input_ids"][0].tolist()
             features = {k: v for k, v in out.items() if k in MEDIA_KEYS + AUDIO_KEYS}
