@@ -434,17 +434,25 @@ def validate_folder(folder: str | Path) -> Checkpoint:
     Raises one `CheckpointFolderError` (a `transformers_qwen3.errors.FolderError`) naming the file and the problem
     for: a config.json that is not an object or breaks the schema (types, ranges, heads dividing sizes, complete
     tower configs), an index whose weight_map is missing or names files outside the folder or absent, a safetensors
-    file whose header does not fit the file, tensors missing, unexpected or shaped unlike the config implies, and a
-    tokenizer.json that does not load. Reads headers only: no tensor data, and transformers never sees the config
-    before it passed."""
+    file whose header does not fit the file, tensors missing, unexpected or shaped unlike the config implies, and
+    tokenizer / processor files that do not load. Reads headers only: no tensor data, and transformers never sees
+    the config before it passed."""
     ckpt = open_checkpoint(folder)
     check_tensors(ckpt)
-    check_tokenizer_file(ckpt.folder)
+    check_preprocessing_files(ckpt.folder)
     return ckpt
 
 
-def check_tokenizer_file(folder: Path) -> None:
-    """A tokenizer.json the folder has must load in the tokenizers library (which every verb's tokenizer uses)."""
+# The small JSON files a tokenizer or processor is built from; each must be a JSON object when present.
+PREPROCESSING_JSON = ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def check_preprocessing_files(folder: Path) -> None:
+    """The tokenizer and processor files the folder has must load: the JSON configs are objects, and tokenizer.json
+    loads in the tokenizers library (which every verb's tokenizer uses)."""
+    for name in PREPROCESSING_JSON:
+        if (folder / name).is_file():
+            read_json_object(folder / name, "save the tokenizer / processor again (save_pretrained(folder))")
     path = folder / "tokenizer.json"
     if not path.is_file():
         return  # a folder may carry another tokenizer format; the verbs that need tokenizer.json say so

@@ -317,6 +317,10 @@ CASES: dict[str, tuple[str, Callable[[Path], str]]] = {
         "ours",
         lambda f: _write_bytes(f / "tokenizer.json", b'{"model": {"type": "BPE"}}') or "tokenizer.json",
     ),
+    "processor_config.json not JSON": (
+        "audio",
+        lambda f: _write_bytes(f / "processor_config.json", b"{oops") or "processor_config.json",
+    ),
     # config.json
     "config.json not JSON": ("text", _raw_config('{"model_type": ')),
     "config.json a JSON list": ("text", _raw_config("[]")),

@@ -136,10 +136,9 @@ def _converter():
     """The GGUF converter's entry point, imported only when --gguf is used."""
     try:
         from .convert import convert_checkpoint
-    except ImportError as err:
-        absent = isinstance(err, ModuleNotFoundError) and (err.name or "").startswith("transformers_qwen3.convert")
-        if not absent and "convert_checkpoint" not in str(err):
-            raise  # a bug inside the converter, not its absence
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("transformers_qwen3.convert"):
+            raise  # a module the converter needs is missing: a broken installation, shown as it is
         raise ExportError(
             "--gguf needs the GGUF converter (transformers_qwen3.convert.convert_checkpoint), which this "
             f"installation lacks ({err}). Export without --gguf, or install transformers-qwen3 with its converter."

@@ -983,20 +983,25 @@ class MediaEncoder:
                 with open(path, encoding="utf-8") as f:
                     config = json.load(f)
         elif folder:
-            try:
-                from transformers.utils import cached_file
+            from transformers.utils import cached_file
 
+            try:
                 path = cached_file(
                     folder,
                     "processor_config.json",
                     _raise_exceptions_for_missing_entries=False,
                     _raise_exceptions_for_connection_errors=False,
                 )
-                if path:
+            except (OSError, ValueError):  # neither a folder nor a repo id (a tokenizer built in memory): no config
+                path = None
+            if path:  # a saved processor config must be used or refused, never silently replaced by the defaults
+                try:
                     with open(path, encoding="utf-8") as f:
                         config = json.load(f)
-            except Exception:  # noqa: BLE001 - no saved processor: use the defaults
-                config = None
+                except ValueError as e:
+                    raise ValueError(
+                        f"{path}: not valid JSON ({e}); save the processor again (processor.save_pretrained(folder))"
+                    ) from e
         if not config:
             return cls()
         image = config.get("image_processor")
