@@ -358,11 +358,10 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
 OMNI_AUDIO_PREFIX = "thinker.audio_tower."
 
 
-SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-
-
 def stored_dtype(shard: Path) -> torch.dtype:
     """The dtype the checkpoint's tensors are stored in (read from the header; no tensor is loaded)."""
+    from .convert.checkpoint import SAFETENSORS_DTYPES  # the one safetensors dtype table
+
     with safe_open(shard, framework="pt") as f:
         return SAFETENSORS_DTYPES.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)
 

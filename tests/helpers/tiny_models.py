@@ -90,18 +90,8 @@ def vision_pair(seed=0):
 
 def audio_thinker_for(ours):
     """A tiny native Qwen3-Omni thinker whose audio tower holds ``ours``' audio tower weights."""
-    text = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        moe_intermediate_size=32,
-        num_experts=2,
-        num_experts_per_tok=1,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-    )
+    # the decoder is never run: one small MoE layer of the same widths as TEXT
+    text = {**TEXT, "num_hidden_layers": 1, "moe_intermediate_size": 32, "num_experts": 2, "num_experts_per_tok": 1}
     thinker = Qwen3OmniMoeThinkerForConditionalGeneration(
         Qwen3OmniMoeThinkerConfig(audio_config=AUDIO, vision_config=VISION, text_config=text)
     ).eval()
