@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 demo: venv llama-cpp
-	$(PY) -m transformers_qwen3.demo
+	$(PY) -m transformers_qwen3.demo.run
 
 test: venv llama-cpp
 	$(PY) -m pytest -q -m "not slow"

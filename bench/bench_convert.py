@@ -46,8 +46,8 @@ def make_checkpoint(folder: Path, preset: str, work: Path) -> Path:
     native config.json and tokenizer."""
     if (folder / "config.json").is_file():
         return folder
-    from transformers_qwen3.checkpoint import init_checkpoint
-    from transformers_qwen3.presets import text_config
+    from transformers_qwen3.checkpoint.build import init_checkpoint
+    from transformers_qwen3.checkpoint.presets import text_config
 
     tmp = work / "init.partial"
     init_checkpoint(tmp, preset, seed=0, force=True)

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_convert import make_checkpoint  # noqa: E402  (the same 0.6b native checkpoint as the convert bench)
 from test_convert_fixtures import read_gguf, run_upstream, tensor_differences  # noqa: E402
-from transformers_qwen3.convert.pipeline import OUTTYPES  # noqa: E402
+from transformers_qwen3.convert.converter import OUTTYPES  # noqa: E402
 
 GIB = 2**30
 MIB = 2**20
@@ -82,8 +82,9 @@ def ours_file(src: Path, out: Path, outtype: str) -> Path:
 
 def upstream_file(work: Path, src: Path, out: Path, outtype: str) -> Path:
     """convert_hf_to_gguf.py's file; K-quants: its lossless file, then llama.cpp's quantizer."""
-    from transformers_qwen3.convert.checkpoint import open_checkpoint
     from transformers_qwen3.convert.quantize import LLAMA_FTYPES, llama_quantize
+
+    from transformers_qwen3.formats.folder import open_checkpoint
 
     path = out / f"upstream-{outtype.upper()}.gguf"
     if path.is_file():

@@ -121,7 +121,7 @@ def make_split(seed: int, n: int, exclude: set[str] = frozenset()) -> list[tuple
 
 
 def text_config(args) -> dict:
-    from transformers_qwen3.presets import QWEN3_COMMON
+    from transformers_qwen3.checkpoint.presets import QWEN3_COMMON
 
     return {
         **QWEN3_COMMON,
@@ -238,7 +238,7 @@ def run_arm(args) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     import transformers_qwen3  # noqa: F401  (registers our classes with the Auto mappings)
-    from transformers_qwen3.lora import apply_lora, lora_config, trainable_parameters
+    from transformers_qwen3.training.lora import apply_lora, lora_config, trainable_parameters
 
     torch.set_num_threads(args.threads)
     data = torch.load(Path(args.work) / "data.pt")
@@ -315,7 +315,7 @@ def run_arm(args) -> dict:
 
 
 def build_data(args) -> dict:
-    from transformers_qwen3.tokenizer import build_qwen3_tokenizer
+    from transformers_qwen3.checkpoint.tokenizer import build_qwen3_tokenizer
 
     tok = build_qwen3_tokenizer()
     test = make_split(args.seed + 1, args.n_test)
@@ -349,7 +349,7 @@ def check_head_layout() -> str:
     from transformers import AutoModelForSequenceClassification, Qwen3Config, Qwen3ForSequenceClassification
 
     from transformers_qwen3 import Qwen3MultimodalConfig
-    from transformers_qwen3.presets import text_config as preset_text
+    from transformers_qwen3.checkpoint.presets import text_config as preset_text
 
     text = {**preset_text("tiny"), "vocab_size": 512, "pad_token_id": 0, "bos_token_id": None, "eos_token_id": None}
     ours = AutoModelForSequenceClassification.from_config(Qwen3MultimodalConfig(text_config=text, num_labels=2))

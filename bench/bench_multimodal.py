@@ -19,7 +19,8 @@ from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
-from transformers_qwen3.presets import OMNI_AUDIO, VISION_SHAPES, text_config, vision_config
+from transformers_qwen3.checkpoint.presets import OMNI_AUDIO, VISION_SHAPES, text_config, vision_config
+from transformers_qwen3.formats.keys import renamed
 
 
 def pair_round(i, native_fn, ours_fn):
@@ -63,7 +64,7 @@ def main(argv=None):
     ours = Qwen3MultimodalForConditionalGeneration(
         Qwen3MultimodalConfig(text_config=text, vision_config=vision, audio_config=audio)
     ).eval()
-    state = {k.replace("model.language_model.", "model."): v for k, v in native_vl.state_dict().items()}
+    state = {renamed(k): v for k, v in native_vl.state_dict().items()}
     ours.load_state_dict(state, strict=False)
     native_audio = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**audio)).eval()
     native_audio.load_state_dict(ours.model.audio_tower.state_dict())

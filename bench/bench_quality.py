@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transformers_qwen3 import demo, demo_model
+from transformers_qwen3.demo import model as demo_model
+from transformers_qwen3.demo import run as demo
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
         questions, records = demo.write_questions(Path(tmp) / "q", args.questions)
         data_dir = questions.parent
         # the same records, encoded once for the transformers rows (media read from the written files)
-        from transformers_qwen3.synthetic import SyntheticSplit
+        from transformers_qwen3.demo.synthetic import SyntheticSplit
 
         items = [
             demo_model.encode(processor, s) for s in SyntheticSplit(demo_model.DATA_SEED, "test", 2 * args.questions)

@@ -14,7 +14,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
-from transformers_qwen3.presets import text_config
+from transformers_qwen3.checkpoint.presets import text_config
 
 
 def build(dtype):

@@ -6,14 +6,16 @@
 
 The text model becomes llama.cpp's `qwen3` (text-only checkpoints) or `qwen3vl` (M-RoPE + deepstack, when towers
 exist); the vision and audio towers share ONE mmproj file with per-modality projector types `qwen3vl_merger` and
-`qwen3a`. Modules, in pipeline order: checkpoint (read) → validate (check) → tensor_map / plan (what to write) →
-metadata / vocab (KV pairs) → writer (stream) → quantize (llama.cpp's quantizer for K-quants). `cli` and `verify`
-are the `transformers-qwen3 convert` / `verify` verbs. docs/gguf.md lists every difference from llama.cpp's own
+`qwen3a`. Modules, in pipeline order: `support` (what llama.cpp can run) → tensor_map / plan (what to write) →
+metadata / vocab (KV pairs) → writer (stream) → quantize (llama.cpp's quantizer for K-quants); `converter` runs them
+and `lora` does the same for adapters; `cli` is the `transformers-qwen3 convert` verb. The folder is read and checked
+by `transformers_qwen3.formats` first. This package imports nothing else of transformers_qwen3 but `formats`,
+`errors` and `outputs` (docs/architecture.md). docs/gguf.md lists every difference from llama.cpp's own
 convert_hf_to_gguf.py.
 """
 
+from .converter import OUTTYPES, convert_checkpoint
 from .errors import ConversionError
-from .pipeline import OUTTYPES, convert_checkpoint
 from .quantize import type_report, written_types
 
 __all__ = ["OUTTYPES", "ConversionError", "convert_checkpoint", "type_report", "written_types"]

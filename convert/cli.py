@@ -7,9 +7,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from .converter import OUTTYPES, convert_checkpoint
 from .errors import ConversionError
 from .lora import convert_lora, is_lora_adapter
-from .pipeline import OUTTYPES, convert_checkpoint
 
 
 def _tensor_type(value: str) -> tuple[str, str]:

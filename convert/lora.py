@@ -48,8 +48,8 @@ from typing import Any
 import gguf
 import torch
 
-from ..outputs import atomic_file
-from .checkpoint import (
+from ..formats.errors import CheckpointFolderError
+from ..formats.folder import (
     LAYOUTS,
     SAFETENSORS_DTYPES,
     Checkpoint,
@@ -57,11 +57,13 @@ from .checkpoint import (
     read_safetensors_header,
     validate_folder,
 )
-from .errors import CheckpointFolderError, ConversionError
+from ..formats.keys import AUDIO_PREFIX, VISION_PREFIX
+from ..outputs import atomic_file
+from .converter import DIRECT_OUTTYPES, _check_name, _prepare_outdir, type_label
+from .errors import ConversionError
 from .metadata import add_general, text_arch
-from .pipeline import DIRECT_OUTTYPES, _check_name, _prepare_outdir, type_label
 from .plan import PlannedTensor, format_plan, storage_type, tensor_nbytes
-from .tensor_map import AUDIO_PREFIX, TEXT_TENSORS, VISION_PREFIX, match
+from .tensor_map import TEXT_TENSORS, match
 from .writer import write_gguf
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ OUTTYPES = tuple(DIRECT_OUTTYPES)
 
 MERGE_HINT = (
     "merge it into the model and convert the merged folder (`transformers-qwen3 finetune ... --merge`, or "
-    "transformers_qwen3.lora.merge_to_hub_folder(load_lora(base, ADAPTER), tokenizer, MERGED); then "
+    "transformers_qwen3.training.lora.merge_to_hub_folder(load_lora(base, ADAPTER), tokenizer, MERGED); then "
     "`transformers-qwen3 convert MERGED OUTDIR`, which puts tower weights in the mmproj), or retrain with "
     "text-decoder targets only (the default q_proj/v_proj; --targets attention, --lora-mlp)"
 )

@@ -11,8 +11,8 @@ import math
 
 import gguf
 
-from .checkpoint import Checkpoint
-from .validate import text_rope
+from ..formats.folder import Checkpoint
+from .support import text_rope
 
 ARCH_TEXT_ONLY = "qwen3"  # gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
 ARCH_MULTIMODAL = "qwen3vl"  # M-RoPE + deepstack inputs

@@ -14,16 +14,14 @@ import gguf
 import numpy as np
 import torch
 
-from .checkpoint import SAFETENSORS_DTYPES, Checkpoint
+from ..formats.folder import SAFETENSORS_DTYPES, Checkpoint
+from ..formats.keys import AUDIO_PREFIX, TEXT_PREFIXES, VISION_PREFIX
 from .errors import ConversionError
 from .tensor_map import (
     AUDIO_POSITION_EMBD,
-    AUDIO_PREFIX,
     AUDIO_TENSORS,
     RESHAPES,
-    TEXT_PREFIXES,
     TEXT_TENSORS,
-    VISION_PREFIX,
     VISION_TENSORS,
     Rule,
     gguf_base_name,

@@ -89,10 +89,6 @@ AUDIO_TENSORS: dict[str, Rule] = {
 # Generated, not read: the audio tower's sinusoidal position table is a non-persistent buffer in transformers.
 AUDIO_POSITION_EMBD = "a.position_embd.weight"
 
-TEXT_PREFIXES = ("model.embed_tokens.", "model.norm.", "model.layers.", "lm_head.")
-VISION_PREFIX = "model.visual."
-AUDIO_PREFIX = "model.audio_tower."
-
 
 # --- reshaping steps: HF tensor → [(GGUF name suffix, tensor)], torch order --------------------------------------
 def keep(t: torch.Tensor) -> list[tuple[str, torch.Tensor]]:

@@ -18,8 +18,9 @@ from typing import Any
 
 import gguf
 
-from .checkpoint import read_json_object
-from .errors import CheckpointFolderError, ConversionError
+from ..formats.errors import CheckpointFolderError
+from ..formats.folder import read_json_object
+from .errors import ConversionError
 
 # The Qwen2 / Qwen2.5 / Qwen3 pre-tokenizer regex: llama.cpp's `qwen2` pre-tokenizer implements exactly this one.
 QWEN2_PRETOKENIZER_REGEX = (
@@ -89,7 +90,7 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     if not path.is_file():
         raise ConversionError(
             f"{folder}: no tokenizer.json; save the tokenizer next to the weights "
-            "(tokenizer.save_pretrained(folder), or transformers_qwen3.tokenizer.save_tokenizer)"
+            "(tokenizer.save_pretrained(folder), or transformers_qwen3.checkpoint.tokenizer.save_tokenizer)"
         )
     tok = read_json_object(path, "save the tokenizer again (tokenizer.save_pretrained(folder))")
     try:

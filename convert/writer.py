@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint
+from ..formats.folder import Checkpoint
 from .plan import PlannedTensor, materialize
 
 

@@ -28,10 +28,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
-from transformers_qwen3.convert.checkpoint import validate_folder
 
 from transformers_qwen3.cli import main
 from transformers_qwen3.errors import FolderError
+from transformers_qwen3.formats.folder import validate_folder
 
 INDEX = "model.safetensors.index.json"
 WEIGHTS = "model.safetensors"
@@ -661,7 +661,7 @@ def test_finetune_checks_media_before_training(text, image, needle, bases, tmp_p
 def test_finetune_failure_after_trainer_leaves_no_checkpoint_folder(bases, chat_data, tmp_path, capsys, monkeypatch):
     from transformers import Trainer
 
-    from transformers_qwen3.finetune import DataError
+    from transformers_qwen3.training.finetune import DataError
 
     def fail(self, *args, **kwargs):
         raise DataError("simulated failure in the first step")

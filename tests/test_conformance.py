@@ -40,7 +40,7 @@ from transformers_qwen3 import (
     Qwen3MultimodalForConditionalGeneration,
     Qwen3MultimodalForSequenceClassification,
 )
-from transformers_qwen3.modeling_qwen3_multimodal import Qwen3MultimodalModel
+from transformers_qwen3.remote.modeling_qwen3_multimodal import Qwen3MultimodalModel
 
 TOL = 1e-6
 

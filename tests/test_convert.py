@@ -25,6 +25,8 @@ from test_convert_fixtures import (
 from transformers_qwen3.convert import ConversionError, convert_checkpoint
 from transformers_qwen3.convert.tensor_map import AUDIO_TENSORS, TEXT_TENSORS, VISION_TENSORS
 
+from transformers_qwen3.errors import UserError
+
 torch.set_num_threads(1)
 
 # Intentional metadata differences (docs/gguf.md): the name is ours as given (upstream title-cases a guess from the
@@ -118,8 +120,8 @@ def test_multimodal_text_metadata(root, tmp_path):
 
 
 def test_text_only_layout_gives_qwen3_arch(root, tmp_path):
-    from transformers_qwen3.checkpoint import init_checkpoint
-    from transformers_qwen3.tokenizer import build_qwen3_tokenizer
+    from transformers_qwen3.checkpoint.build import init_checkpoint
+    from transformers_qwen3.checkpoint.tokenizer import build_qwen3_tokenizer
 
     src = tmp_path / "tiny"
     init_checkpoint(src, "tiny", tokenizer=build_qwen3_tokenizer())
@@ -131,8 +133,9 @@ def test_text_only_layout_gives_qwen3_arch(root, tmp_path):
 
 def test_tables_cover_every_tensor(root):
     """Every tensor of every test checkpoint has exactly one rule (the tables hold no dead or shadowed lines)."""
-    from transformers_qwen3.convert.checkpoint import open_checkpoint
     from transformers_qwen3.convert.tensor_map import match
+
+    from transformers_qwen3.formats.folder import open_checkpoint
 
     used = set()
     for name in ("qwen3", "qwen3_vl", "mm"):
@@ -235,7 +238,9 @@ def test_bad_input_is_one_clear_error(root, tmp_path, case):
     damage, message = BAD_INPUTS[case]
     damage(src)
     out = tmp_path / "out"
-    with pytest.raises(ConversionError, match=message):
+    # a broken folder is the folder check's error, a checkpoint llama.cpp cannot run the converter's: both are the
+    # one-line kind the CLI prints
+    with pytest.raises(UserError, match=message):
         convert_checkpoint(src, out, "f16", progress=False)
     assert not out.exists() or not any(out.iterdir())
 

@@ -46,7 +46,7 @@ def tokenizer_files(root: Path) -> Path:
     """The real Qwen3 tokenizer saved once into root/tokenizer (building it takes ~10-30 s)."""
     folder = root / "tokenizer"
     if not (folder / "tokenizer.json").is_file():
-        from transformers_qwen3.tokenizer import build_qwen3_tokenizer
+        from transformers_qwen3.checkpoint.tokenizer import build_qwen3_tokenizer
 
         tmp = root / "tokenizer.partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,8 +131,8 @@ def build_qwen3_vl(folder: Path, root: Path) -> Path:
 
 
 def build_mm(folder: Path, root: Path, preset: str = "tiny-mm") -> Path:
-    from transformers_qwen3.checkpoint import init_checkpoint
-    from transformers_qwen3.tokenizer import build_qwen3_tokenizer
+    from transformers_qwen3.checkpoint.build import init_checkpoint
+    from transformers_qwen3.checkpoint.tokenizer import build_qwen3_tokenizer
 
     tokenizer_files(root)  # builds the cached tokenizer object once as well
     init_checkpoint(folder, preset, seed=0, tokenizer=build_qwen3_tokenizer(), force=True)

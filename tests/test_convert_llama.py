@@ -17,7 +17,8 @@ import pytest
 import torch
 from test_convert_fixtures import checkpoint, read_gguf
 from transformers_qwen3.convert import convert_checkpoint, type_report, written_types
-from transformers_qwen3.convert.verify import verify
+
+from transformers_qwen3.runtime.verify import verify
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make llama-cpp)")
 torch.set_num_threads(1)

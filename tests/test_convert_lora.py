@@ -37,7 +37,8 @@ from test_convert_fixtures import (
 from transformers_qwen3.convert import ConversionError, convert_checkpoint
 from transformers_qwen3.convert import cli as convert_cli
 from transformers_qwen3.convert.lora import convert_lora
-from transformers_qwen3.convert.verify import load_transformers_model
+
+from transformers_qwen3.runtime.verify import load_transformers_model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make llama-cpp)")
 torch.set_num_threads(1)
@@ -63,7 +64,7 @@ def base_gguf(root: Path, name: str) -> Path:
 
 def make_adapter(base: Path, out: Path, config, seed: int = 0):
     """peft-wrap the base model with `config`, save the adapter to `out`; returns the PeftModel (eval)."""
-    from transformers_qwen3.lora import apply_lora
+    from transformers_qwen3.training.lora import apply_lora
 
     model = load_transformers_model(base)
     torch.manual_seed(seed)
@@ -106,7 +107,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- adapted logits: llama.cpp with the converted adapter vs transformers' adapted model ---------------------------
 def _qv(**kw):
-    from transformers_qwen3.lora import lora_config
+    from transformers_qwen3.training.lora import lora_config
 
     return lora_config(rank=8, alpha=16, init_lora_weights=False, **kw)  # the default targets: decoder q/v
 

@@ -1,6 +1,6 @@
 """The demo model: shape rules, deterministic rebuild, and an honest check of the committed trained weights.
 
-Demo training never runs here (``python -m transformers_qwen3.demo_model train`` does, docs/demo.md); these tests
+Demo training never runs here (``python -m transformers_qwen3.demo.model train`` does, docs/demo.md); these tests
 rebuild the checkpoint from the committed part (seconds) and ask it held-out questions.
 """
 
@@ -10,8 +10,9 @@ import json
 import pytest
 import torch
 
-from transformers_qwen3 import demo, demo_model
-from transformers_qwen3.demo_model import (
+from transformers_qwen3.demo import model as demo_model
+from transformers_qwen3.demo import run as demo
+from transformers_qwen3.demo.model import (
     AUDIO_CONFIG,
     RECORD_FILE,
     TRAINED_FILE,
@@ -31,7 +32,7 @@ def trained_model():
 
 @pytest.fixture(scope="module")
 def processor(qwen3_tokenizer):
-    from transformers_qwen3.processing_qwen3_multimodal import Qwen3MultimodalProcessor
+    from transformers_qwen3.remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
 
     return Qwen3MultimodalProcessor(tokenizer=qwen3_tokenizer)
 
@@ -101,7 +102,7 @@ def test_rebuild_is_byte_identical(cached_folder, tmp_path, qwen3_tokenizer):
 
 def test_answer_position_logits_equal_full_logits(trained_model, processor):
     """The training shortcut (logits_to_keep as a tensor of the two labelled columns) is exact."""
-    from transformers_qwen3.synthetic import SyntheticSplit
+    from transformers_qwen3.demo.synthetic import SyntheticSplit
 
     items = [demo_model.encode(processor, s) for s in SyntheticSplit(demo_model.DATA_SEED, "validation", 4)]
     batch, _ = demo_model.collate(items)

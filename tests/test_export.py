@@ -19,9 +19,9 @@ from conftest import REPO, run_clean_python
 from hub_server import HubServer
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from transformers_qwen3 import modelcard as mc
+from transformers_qwen3.checkpoint.hub_folder import HUB_FILES, MODEL_AUTO_MAP
 from transformers_qwen3.cli import main as cli_main
-from transformers_qwen3.hub import HUB_FILES, MODEL_AUTO_MAP
+from transformers_qwen3.export import modelcard as mc
 
 REPO_ID = "tester/tiny-export"
 PROMPT_IDS = [151644, 872, 198, 9707, 11, 1879, 0, 151645, 198, 151644, 77091, 198]
@@ -29,7 +29,7 @@ PROMPT_IDS = [151644, 872, 198, 9707, 11, 1879, 0, 151645, 198, 151644, 77091, 1
 
 @pytest.fixture(scope="module")
 def tiny_src(tmp_path_factory, qwen3_tokenizer):
-    from transformers_qwen3.checkpoint import init_checkpoint
+    from transformers_qwen3.checkpoint.build import init_checkpoint
 
     return init_checkpoint(tmp_path_factory.mktemp("src") / "tiny", "tiny", seed=0, tokenizer=qwen3_tokenizer)
 
@@ -120,7 +120,7 @@ def test_license_argument_overrides(tmp_path):
 
 
 def test_dropping_a_rail_licence_warns(tmp_path, capsys):
-    from transformers_qwen3.export import _warn_if_dropping_restrictions
+    from transformers_qwen3.export.publish import _warn_if_dropping_restrictions
 
     folder = _folder_with_card(tmp_path, {"license": "openrail"}, "OPENRAIL TEXT")
     _warn_if_dropping_restrictions(folder, mc.resolve_license(folder, "mit"))
@@ -476,7 +476,7 @@ def _fake_converter(calls, fail=False):
 
 def test_gguf_plumbing_with_a_stand_in_converter(tiny_src, tmp_path, monkeypatch):
     """The call export makes, where the files land, and the measured quality reaching the card."""
-    from transformers_qwen3 import export
+    from transformers_qwen3.export import publish as export
 
     calls = []
     monkeypatch.setattr(export, "_converter", lambda: _fake_converter(calls))
@@ -501,7 +501,7 @@ def test_gguf_plumbing_with_a_stand_in_converter(tiny_src, tmp_path, monkeypatch
 
 
 def test_a_failing_conversion_leaves_nothing(tiny_src, tmp_path, capsys, monkeypatch):
-    from transformers_qwen3 import export
+    from transformers_qwen3.export import publish as export
 
     monkeypatch.setattr(export, "_converter", lambda: _fake_converter([], fail=True))
     _fails([tiny_src, tmp_path / "m", "--gguf", "q8_0"], capsys, "converter failed half-way")
@@ -569,15 +569,15 @@ def test_push_uploads_the_folder_byte_for_byte(tiny_src, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_mm_src(tmp_path_factory, qwen3_tokenizer):
-    from transformers_qwen3 import hub
-    from transformers_qwen3.checkpoint import init_checkpoint
-    from transformers_qwen3.presets import PRESETS
+    from transformers_qwen3.checkpoint import hub_folder as hub
+    from transformers_qwen3.checkpoint.build import init_checkpoint
+    from transformers_qwen3.checkpoint.presets import PRESETS
 
     if "tiny-mm" not in PRESETS:
         pytest.skip("no tiny-mm preset in this checkout")
     src = init_checkpoint(tmp_path_factory.mktemp("src-mm") / "tiny-mm", "tiny-mm", seed=0, tokenizer=qwen3_tokenizer)
     if not any((src / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
-        from transformers_qwen3.configuration_qwen3_multimodal import Qwen3MultimodalConfig
+        from transformers_qwen3.remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
 
         # `init` of this checkout writes no processor yet: add the default one, as save_hub_folder does
         processor = hub.default_processor(Qwen3MultimodalConfig.from_pretrained(src), qwen3_tokenizer)

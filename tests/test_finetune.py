@@ -12,9 +12,9 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
-from transformers_qwen3.checkpoint import init_checkpoint
+from transformers_qwen3.checkpoint.build import init_checkpoint
 from transformers_qwen3.cli import main
-from transformers_qwen3.finetune import (
+from transformers_qwen3.training.finetune import (
     IGNORE_INDEX,
     ChatCollator,
     ChatEncoder,
@@ -120,8 +120,8 @@ def losses(summary):
 
 
 def test_lora_loss_decreases_resume_continues_and_merge_matches(tiny_model, text_data, tmp_path):
-    from transformers_qwen3.lora import load_lora
-    from transformers_qwen3.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+    from transformers_qwen3.remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+    from transformers_qwen3.training.lora import load_lora
 
     out = tmp_path / "adapter"
     assert finetune(tiny_model, text_data, out, "--max-steps", 4, "--merge", *COMMON) == 0
@@ -174,17 +174,17 @@ def test_full_finetune_writes_a_hub_folder(tiny_model, text_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory):
-    from transformers_qwen3.synthetic import make_dataset
+    from transformers_qwen3.demo.synthetic import make_dataset
 
     # two records: one image question, one audio question
     return make_dataset(tmp_path_factory.mktemp("synthetic") / "data", n_train=2, n_val=0, n_test=0, seed=0)
 
 
 def test_multimodal_records_get_assistant_only_labels(synthetic_data, qwen3_tokenizer):
-    from transformers_qwen3.configuration_qwen3_multimodal import Qwen3MultimodalConfig
-    from transformers_qwen3.finetune import media_policy_for
-    from transformers_qwen3.hub import default_processor
-    from transformers_qwen3.presets import preset_config
+    from transformers_qwen3.checkpoint.hub_folder import default_processor
+    from transformers_qwen3.checkpoint.presets import preset_config
+    from transformers_qwen3.remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
+    from transformers_qwen3.training.finetune import media_policy_for
 
     records = read_chat_jsonl(synthetic_data / "train.jsonl")
     assert [r.media for r in records] == [("image",), ("audio",)]

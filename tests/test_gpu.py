@@ -11,6 +11,7 @@ from test_multimodal_parity import AUDIO_CFG, PROMPTS, TEXT, VISION, build, mm_t
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
+from transformers_qwen3.formats.keys import renamed
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,7 +27,7 @@ def pair():
     ours = Qwen3MultimodalForConditionalGeneration(
         Qwen3MultimodalConfig(text_config=TEXT, vision_config=VISION, audio_config=AUDIO_CFG)
     ).eval()
-    state = {k.replace("model.language_model.", "model."): v for k, v in native.state_dict().items()}
+    state = {renamed(k): v for k, v in native.state_dict().items()}
     ours.load_state_dict(state, strict=False)
     return native.to(CUDA), ours.to(CUDA)
 
@@ -75,7 +76,7 @@ def test_saved_folder_loads_with_device_map_and_generates(tmp_path, qwen3_tokeni
     """save_hub_folder + trust_remote_code + device_map="auto" (accelerate places towers and layers), vs the CPU."""
     from transformers import AutoModelForCausalLM
 
-    from transformers_qwen3.hub import save_hub_folder
+    from transformers_qwen3.checkpoint.hub_folder import save_hub_folder
 
     torch.manual_seed(0)
     model = Qwen3MultimodalForConditionalGeneration(
@@ -98,7 +99,7 @@ def test_saved_folder_loads_with_device_map_and_generates(tmp_path, qwen3_tokeni
 
 
 def test_lora_trains_with_gradient_checkpointing_on_cuda(pair):
-    from transformers_qwen3.lora import apply_lora, lora_config
+    from transformers_qwen3.training.lora import apply_lora, lora_config
 
     _, ours = pair
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
 from transformers_qwen3 import Qwen3MultimodalForConditionalGeneration
-from transformers_qwen3.checkpoint import CheckpointError, import_checkpoint
+from transformers_qwen3.checkpoint.build import CheckpointError, import_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

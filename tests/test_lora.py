@@ -8,8 +8,13 @@ import torch
 from conftest import run_clean_python
 from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
-from transformers_qwen3.configuration_qwen3_multimodal import Qwen3MultimodalConfig
-from transformers_qwen3.lora import (
+from transformers_qwen3.checkpoint.presets import preset_config
+from transformers_qwen3.remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
+from transformers_qwen3.remote.modeling_qwen3_multimodal import (
+    Qwen3MultimodalForConditionalGeneration,
+    Qwen3MultimodalForSequenceClassification,
+)
+from transformers_qwen3.training.lora import (
     adapted_module_names,
     apply_lora,
     load_lora,
@@ -19,11 +24,6 @@ from transformers_qwen3.lora import (
     target_pattern,
     trainable_parameters,
 )
-from transformers_qwen3.modeling_qwen3_multimodal import (
-    Qwen3MultimodalForConditionalGeneration,
-    Qwen3MultimodalForSequenceClassification,
-)
-from transformers_qwen3.presets import preset_config
 
 SMALL_VOCAB = 1024  # merging and saving do not need the real vocabulary; a small one keeps these tests fast
 PROMPT = torch.tensor([[5, 17, 300, 42, 9, 1000, 77, 3]])

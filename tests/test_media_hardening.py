@@ -21,17 +21,11 @@ import torch
 from PIL import Image
 
 import transformers_qwen3
-from transformers_qwen3 import processing_qwen3_multimodal as hub
-from transformers_qwen3.pipeline import Pipeline
-from transformers_qwen3.processing_qwen3_multimodal import (
-    MediaEncoder,
-    MediaError,
-    MediaPolicy,
-    Qwen3MultimodalProcessor,
-    Qwen3MultimodalTokenizer,
-    load_audio,
-    load_image,
-)
+from transformers_qwen3.inference.pipeline import Pipeline
+from transformers_qwen3.remote import media_qwen3_multimodal as hub
+from transformers_qwen3.remote.media_qwen3_multimodal import MediaError, MediaPolicy, load_audio, load_image
+from transformers_qwen3.remote.processing_qwen3_multimodal import MediaEncoder, Qwen3MultimodalProcessor
+from transformers_qwen3.remote.tokenization_qwen3_multimodal import Qwen3MultimodalTokenizer
 
 IMAGE, AUDIO = 151655, 151675
 SPECIALS = [
@@ -379,7 +373,7 @@ def load_copy(tmp_path, name):
 
 
 def test_a_copy_of_the_hub_file_raises_the_same_media_error(root, tmp_path):
-    other = load_copy(tmp_path, "copied_processing_qwen3_multimodal")
+    other = load_copy(tmp_path, "copied_media_qwen3_multimodal")
     try:
         assert other.MediaError is not None and other is not hub
         try:
@@ -392,7 +386,7 @@ def test_a_copy_of_the_hub_file_raises_the_same_media_error(root, tmp_path):
             assert isinstance(e, other.MediaError)
         assert issubclass(other.MediaError, ValueError) and issubclass(transformers_qwen3.MediaError, other.MediaError)
     finally:
-        sys.modules.pop("copied_processing_qwen3_multimodal", None)
+        sys.modules.pop("copied_media_qwen3_multimodal", None)
 
 
 def test_remote_code_tokenizer_errors_are_caught_by_our_name(root, qwen3_tokenizer, tmp_path):
@@ -400,7 +394,9 @@ def test_remote_code_tokenizer_errors_are_caught_by_our_name(root, qwen3_tokeniz
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     qwen3_tokenizer.save_pretrained(tmp_path / "folder")
-    remote = get_class_from_dynamic_module("processing_qwen3_multimodal.Qwen3MultimodalTokenizer", tmp_path / "folder")
+    remote = get_class_from_dynamic_module(
+        "tokenization_qwen3_multimodal.Qwen3MultimodalTokenizer", tmp_path / "folder"
+    )
     assert remote.__module__.startswith("transformers_modules.") and remote is not Qwen3MultimodalTokenizer
     tok = remote.from_pretrained(tmp_path / "folder")
     with pytest.raises(transformers_qwen3.MediaError, match="file not found"):

@@ -23,16 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from transformers_qwen3.processing_qwen3_multimodal import (
-    MediaEncoder,
+from transformers_qwen3.remote.media_qwen3_multimodal import (
     MediaError,
     MediaPolicy,
     load_audio,
     load_image,
     load_video,
-    parse_media_tags,
     read_source,
 )
+from transformers_qwen3.remote.processing_qwen3_multimodal import MediaEncoder, parse_media_tags
 
 
 def png_bytes(size=(20, 10), color=(200, 30, 10)):

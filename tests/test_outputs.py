@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from transformers_qwen3.checkpoint.hub_folder import HUB_FILES, REMOTE_DIR
 from transformers_qwen3.cli import main
-from transformers_qwen3.hub import HUB_FILES, PACKAGE_DIR
 from transformers_qwen3.outputs import atomic_file, atomic_folder, clean_stale_temps
 
 CLI = [sys.executable, "-m", "transformers_qwen3.cli"]
@@ -235,7 +235,7 @@ def test_export_refuses_modified_code_or_replaces_it(tiny, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["export", str(folder), str(tmp_path / "out"), "--replace-code"]) == 0
     for name in HUB_FILES:
-        assert (tmp_path / "out" / name).read_bytes() == (PACKAGE_DIR / name).read_bytes(), name
+        assert (tmp_path / "out" / name).read_bytes() == (REMOTE_DIR / name).read_bytes(), name
     assert not marker.exists(), "export ran the folder's code"
 
 

@@ -17,8 +17,8 @@ from conftest import run_clean_python
 from PIL import Image
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
-from transformers_qwen3.hub import save_hub_folder
-from transformers_qwen3.presets import PRESETS
+from transformers_qwen3.checkpoint.hub_folder import save_hub_folder
+from transformers_qwen3.checkpoint.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

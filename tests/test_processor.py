@@ -21,12 +21,9 @@ from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
-from transformers_qwen3.presets import PRESETS
-from transformers_qwen3.processing_qwen3_multimodal import (
-    MediaEncoder,
-    MediaError,
-    Qwen3MultimodalProcessor,
-)
+from transformers_qwen3.checkpoint.presets import PRESETS
+from transformers_qwen3.remote.media_qwen3_multimodal import MediaError
+from transformers_qwen3.remote.processing_qwen3_multimodal import MediaEncoder, Qwen3MultimodalProcessor
 
 IMAGE, VIDEO, AUDIO = 151655, 151656, 151675
 V_START, V_END, A_START, A_END = 151652, 151653, 151669, 151670
@@ -224,7 +221,7 @@ def test_a_bad_tag_fails_the_whole_call_before_encoding(qwen3_tokenizer, workdir
 
 
 def test_saved_settings_reach_the_tokenizer(qwen3_tokenizer, tmp_path):
-    from transformers_qwen3.hub import save_processor
+    from transformers_qwen3.checkpoint.hub_folder import save_processor
 
     small = Qwen2VLImageProcessorPil(**{**NATIVE_IMAGE, "max_pixels": 16 * 32 * 32})
     save_processor(Qwen3MultimodalProcessor(small, tokenizer=qwen3_tokenizer, video_fps=1.0), tmp_path)

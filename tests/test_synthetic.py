@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo data (transformers_qwen3.synthetic).
+"""Tests for the synthetic demo data (transformers_qwen3.demo.synthetic).
 
 The labels are checked against independent oracles that read only the pixels / samples: connected components, fill
 ratio, centroid and hue for images; an energy envelope and an FFT peak for audio. The oracles use their own thresholds
@@ -17,8 +17,8 @@ import pytest
 import soundfile
 from PIL import Image
 
-from transformers_qwen3 import synthetic
-from transformers_qwen3.synthetic import ANSWERS, SPLITS, make_dataset, make_sample
+from transformers_qwen3.demo import synthetic
+from transformers_qwen3.demo.synthetic import ANSWERS, SPLITS, make_dataset, make_sample
 
 # ---------------------------------------------------------------------------------------------------------------
 # Oracles

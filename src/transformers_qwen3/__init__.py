@@ -15,14 +15,16 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .configuration_qwen3_multimodal import Qwen3MultimodalConfig, Qwen3MultimodalTextConfig
-from .modeling_qwen3_multimodal import (
+from .remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig, Qwen3MultimodalTextConfig
+from .remote.media_qwen3_multimodal import MediaError, MediaPolicy
+from .remote.modeling_qwen3_multimodal import (
     Qwen3MultimodalForConditionalGeneration,
     Qwen3MultimodalForSequenceClassification,
     Qwen3MultimodalModel,
     Qwen3MultimodalPreTrainedModel,
 )
-from .processing_qwen3_multimodal import MediaError, MediaPolicy, Qwen3MultimodalProcessor, Qwen3MultimodalTokenizer
+from .remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
+from .remote.tokenization_qwen3_multimodal import Qwen3MultimodalTokenizer
 
 __version__ = "0.1.0"
 
@@ -55,7 +57,7 @@ __all__ = [
 def __getattr__(name):
     # The Pipeline (generation threads, streaming) loads on first use only.
     if name == "Pipeline":
-        from .pipeline import Pipeline
+        from .inference.pipeline import Pipeline
 
         return Pipeline
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

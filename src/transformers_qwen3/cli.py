@@ -11,13 +11,19 @@ import sys
 from .errors import UserError
 
 VERBS = {
-    "init": ("transformers_qwen3.commands:Init", "write a randomly initialised checkpoint of a preset shape"),
-    "import": ("transformers_qwen3.commands:Import", "import a native Qwen3 checkpoint into our Hub layout"),
-    "generate": ("transformers_qwen3.commands:Generate", "generate text from a prompt"),
+    "init": (
+        "transformers_qwen3.checkpoint.commands:Init",
+        "write a randomly initialised checkpoint of a preset shape",
+    ),
+    "import": (
+        "transformers_qwen3.checkpoint.commands:Import",
+        "import a native Qwen3 checkpoint into our Hub layout",
+    ),
+    "generate": ("transformers_qwen3.inference.generate:Generate", "generate text from a prompt"),
     "convert": ("transformers_qwen3.convert.cli", "convert a checkpoint to GGUF (text model + mmproj)"),
-    "verify": ("transformers_qwen3.convert.verify", "compare a GGUF in llama.cpp with transformers"),
-    "finetune": ("transformers_qwen3.finetune", "LoRA or full fine-tuning on a chat JSONL file"),
-    "export": ("transformers_qwen3.export", "write a Hub-ready repository (card, licence, GGUF)"),
+    "verify": ("transformers_qwen3.runtime.verify", "compare a GGUF in llama.cpp with transformers"),
+    "finetune": ("transformers_qwen3.training.finetune", "LoRA or full fine-tuning on a chat JSONL file"),
+    "export": ("transformers_qwen3.export.publish", "write a Hub-ready repository (card, licence, GGUF)"),
 }
 
 
@@ -68,7 +74,7 @@ def _one_line(verb: str, err: Exception) -> int:
 def _is_media_error(err: Exception) -> bool:
     """The Hub code's MediaError cannot derive from UserError (Hub files import only transformers); its class matches
     every remote-code copy of itself, so one isinstance check covers a folder's copy too."""
-    from .processing_qwen3_multimodal import MediaError
+    from .remote.media_qwen3_multimodal import MediaError
 
     return isinstance(err, MediaError)
 

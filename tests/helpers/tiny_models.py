@@ -10,6 +10,7 @@ from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerForConditionalGeneration
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
+from transformers_qwen3.formats.keys import renamed
 
 VOCAB = 256
 TEXT = dict(
@@ -82,7 +83,7 @@ def vision_pair(seed=0):
     native = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=VISION, **VL_TOKEN_IDS))
     config = Qwen3MultimodalConfig(text_config=text, vision_config=VISION, audio_config=AUDIO, **TOKEN_IDS)
     ours = Qwen3MultimodalForConditionalGeneration(config).eval()
-    state = {k.replace("model.language_model.", "model."): v for k, v in native.state_dict().items()}
+    state = {renamed(k): v for k, v in native.state_dict().items()}
     missing, unexpected = ours.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("model.audio_tower.") for k in missing), (missing, unexpected)
     return native.eval(), ours

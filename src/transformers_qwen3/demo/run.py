@@ -1,18 +1,18 @@
 """`make demo`: the main job, end to end, on the demo model the project trained itself.
 
 1. Get the demo model: rebuilt from the committed trained weights + the seeded embedding table into the cache
-   (``~/.cache/transformers-qwen3/demo/``) the first time, reused afterwards (:mod:`transformers_qwen3.demo_model`).
+   (``~/.cache/transformers-qwen3/demo/``) the first time, reused afterwards (:mod:`transformers_qwen3.demo.model`).
    The folder is in our Hub layout: weights, config with ``auto_map``, the three code files, tokenizer, processor.
 2. transformers: load it in a clean Python process where this package cannot be imported (as a Hub user would:
    ``AutoModelForCausalLM`` / ``AutoProcessor`` with ``trust_remote_code=True``) and answer held-out image and audio
-   questions of the synthetic task (:mod:`transformers_qwen3.synthetic`, test split) by greedy generation.
+   questions of the synthetic task (:mod:`transformers_qwen3.demo.synthetic`, test split) by greedy generation.
 3. llama.cpp: convert the folder to GGUF (F16 and Q8_0, each with its mmproj) and answer the same questions with
    llama-cpp-python (text through ``llama_cpp.Llama``, images and audio through ``llama_cpp.mtmd_cpp``). Needs
    ``transformers_qwen3.convert`` and the patched llama-cpp-python (``make llama-cpp``); without them the demo says
    so and shows the transformers half only.
 4. Print a few answers side by side, then each runtime's held-out accuracy and speed.
 
-``python -m transformers_qwen3.demo --help`` lists the options (question count, threads, which GGUF types).
+``python -m transformers_qwen3.demo.run --help`` lists the options (question count, threads, which GGUF types).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class RuntimeUnavailable(RuntimeError):
 
 def write_questions(folder: Path, n_per_kind: int = N_PER_KIND) -> tuple[Path, list[dict]]:
     """Held-out test questions (images / clips on disk, as a user would have them). Returns the JSONL and records."""
-    from .demo_model import DATA_SEED
+    from .model import DATA_SEED
     from .synthetic import make_dataset
 
     make_dataset(folder, n_train=0, n_val=0, n_test=2 * n_per_kind, seed=DATA_SEED, overwrite=True)
@@ -144,7 +144,7 @@ def llama_cpp_status() -> str | None:
 
     missing = []
     try:
-        from .convert import convert_checkpoint  # noqa: F401
+        from ..convert import convert_checkpoint  # noqa: F401
     except ImportError as e:
         missing.append(f"the GGUF converter (transformers_qwen3.convert) is not installed ({e})")
     if importlib.util.find_spec("llama_cpp") is None:
@@ -159,7 +159,7 @@ def llama_cpp_status() -> str | None:
 
 def gguf_files(folder: Path, outtype: str, gguf_dir: Path) -> tuple[Path, Path]:
     """Convert ``folder`` to ``outtype`` once (cached next to it); returns (text model, mmproj)."""
-    from .convert import convert_checkpoint
+    from ..convert import convert_checkpoint
 
     name = folder.name
     stamp = gguf_dir / f".{name}-{outtype}.done"
@@ -295,8 +295,8 @@ def run_llama_cpp_one(
     gguf: Path, mmproj: Path, data_dir: Path, records: list[dict], threads: int, keep_logits: bool = False
 ) -> dict:
     """Answer every record with one GGUF; the result mirrors :func:`run_transformers`'s."""
-    from .processing_qwen3_multimodal import Qwen3MultimodalProcessor
-    from .tokenizer import build_qwen3_tokenizer
+    from ..checkpoint.tokenizer import build_qwen3_tokenizer
+    from ..remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
 
     processor = Qwen3MultimodalProcessor(tokenizer=build_qwen3_tokenizer())
     t0 = time.perf_counter()
@@ -334,7 +334,7 @@ def run_llama_cpp(folder: Path, data_dir: Path, questions: Path, outtypes, threa
     reason = llama_cpp_status()
     if reason:
         raise RuntimeUnavailable(reason)
-    from .demo_model import cache_root
+    from .model import cache_root
 
     gguf_dir = cache_root() / "demo" / "gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +348,7 @@ def run_llama_cpp(folder: Path, data_dir: Path, questions: Path, outtypes, threa
             [
                 sys.executable,
                 "-m",
-                "transformers_qwen3.demo",
+                "transformers_qwen3.demo.run",
                 "--llama-cpp-worker",
                 str(text),
                 str(mmproj),
@@ -460,14 +460,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--llama-cpp-worker"]:
         return _llama_cpp_worker(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m transformers_qwen3.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m transformers_qwen3.demo.run", description=__doc__.split("\n")[0])
     parser.add_argument("--questions", type=int, default=N_PER_KIND, help="held-out questions per modality")
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="CPU threads per runtime")
     parser.add_argument("--gguf-types", default=",".join(DEFAULT_GGUF_TYPES), help="GGUF types for llama.cpp")
     parser.add_argument("--no-llama-cpp", action="store_true", help="transformers only")
     args = parser.parse_args(argv)
 
-    from .demo_model import TRAINED_FILE, demo_checkpoint
+    from .model import TRAINED_FILE, demo_checkpoint
 
     t_start = time.perf_counter()
     print("== the demo model ==")

@@ -2,7 +2,7 @@
 
 Also importable as ``from qwen3_multimodal import Pipeline``. Prompts are built with the model's chat template
 (media parts first, then the text), so an instruction-tuned checkpoint sees the format it was trained on. Media go
-through the processor's media loader (:class:`~transformers_qwen3.processing_qwen3_multimodal.MediaPolicy`: local
+through the processor's media loader (:class:`~transformers_qwen3.remote.processing_qwen3_multimodal.MediaPolicy`: local
 files below the working directory, no network unless enabled).
 """
 
@@ -12,13 +12,9 @@ from collections.abc import Iterator
 
 import torch
 
-from .processing_qwen3_multimodal import (
-    MediaPolicy,
-    Qwen3MultimodalProcessor,
-    Qwen3MultimodalTokenizer,
-    _is_frame,
-    flatten_media,
-)
+from ..remote.media_qwen3_multimodal import MediaPolicy
+from ..remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor, flatten_media, is_frame
+from ..remote.tokenization_qwen3_multimodal import Qwen3MultimodalTokenizer
 
 
 class Pipeline:
@@ -64,7 +60,7 @@ class Pipeline:
         ``model_kwargs`` go to ``from_pretrained`` of the model (``dtype``, ``device_map`` ...). ``allow_network``
         / ``allowed_roots`` are shortcuts for ``media_policy=MediaPolicy(...)``.
         """
-        from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+        from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 
         if media_policy is None and (allow_network is not None or allowed_roots is not None):
             roots = (
@@ -84,7 +80,7 @@ class Pipeline:
     # ---- inputs ------------------------------------------------------------------------------------------------
 
     def _batch(self, text, images, audio, videos) -> tuple[list, bool]:
-        if isinstance(videos, list) and videos and all(_is_frame(f) for f in videos):
+        if isinstance(videos, list) and videos and all(is_frame(f) for f in videos):
             videos = (videos,)  # one video given as its frames, not a batch
         args = {"text": text, "images": images, "audio": audio, "videos": videos}
         sizes = {name: len(v) for name, v in args.items() if isinstance(v, list)}

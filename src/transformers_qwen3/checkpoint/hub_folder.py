@@ -9,14 +9,12 @@ import json
 import shutil
 from pathlib import Path
 
-from .outputs import atomic_folder
+from ..outputs import atomic_folder
 
-PACKAGE_DIR = Path(__file__).parent
-HUB_FILES = (
-    "configuration_qwen3_multimodal.py",
-    "modeling_qwen3_multimodal.py",
-    "processing_qwen3_multimodal.py",
-)
+# The Hub code: these files ship to a model folder verbatim (and are all it imports besides torch/transformers).
+REMOTE_DIR = Path(__file__).parents[1] / "remote"
+# Every code file of the folder ships (they import each other relatively); its __init__.py does not.
+HUB_FILES = tuple(sorted(p.name for p in REMOTE_DIR.glob("*_qwen3_multimodal.py")))
 # save_pretrained writes only the saving class's own entry, so the whole map is set before saving (entries merge).
 MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_qwen3_multimodal.Qwen3MultimodalConfig",
@@ -25,13 +23,13 @@ MODEL_AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_qwen3_multimodal.Qwen3MultimodalForConditionalGeneration",
     "AutoModelForSequenceClassification": "modeling_qwen3_multimodal.Qwen3MultimodalForSequenceClassification",
 }
-TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "processing_qwen3_multimodal.Qwen3MultimodalTokenizer"]}
+TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "tokenization_qwen3_multimodal.Qwen3MultimodalTokenizer"]}
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_qwen3_multimodal.Qwen3MultimodalProcessor"}
 
 
 def copy_code_files(folder: Path) -> None:
     for name in HUB_FILES:
-        shutil.copyfile(PACKAGE_DIR / name, Path(folder) / name)
+        shutil.copyfile(REMOTE_DIR / name, Path(folder) / name)
 
 
 def code_differences(folder: Path) -> list[str]:
@@ -42,7 +40,7 @@ def code_differences(folder: Path) -> list[str]:
     return [
         name
         for name in HUB_FILES
-        if (Path(folder) / name).is_file() and (Path(folder) / name).read_bytes() != (PACKAGE_DIR / name).read_bytes()
+        if (Path(folder) / name).is_file() and (Path(folder) / name).read_bytes() != (REMOTE_DIR / name).read_bytes()
     ]
 
 
@@ -74,7 +72,7 @@ def default_processor(config, tokenizer):
     """A processor matching ``config``'s towers (``None`` for a text-only model)."""
     if config.vision_config is None and config.audio_config is None:
         return None
-    from .processing_qwen3_multimodal import Qwen3MultimodalProcessor
+    from ..remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
 
     n_window = config.audio_config.n_window if config.audio_config is not None else 50
     return Qwen3MultimodalProcessor(tokenizer=tokenizer, n_window=n_window)

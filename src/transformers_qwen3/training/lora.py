@@ -179,7 +179,7 @@ def lora_parameter_count(model_config, rank: int, groups=("attention-qv",)) -> i
 
     Builds the model on the meta device (no memory), so it works for any preset.
     """
-    from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+    from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 
     pattern = re.compile(target_pattern(groups))
     with torch.device("meta"):
@@ -196,11 +196,11 @@ def merge_to_hub_folder(
 ) -> Path:
     """Merge the adapters into the base weights and write our Hub layout (code files, auto_map, tokenizer/processor).
 
-    Goes through :func:`transformers_qwen3.hub.save_hub_folder`: a plain ``save_pretrained`` of the merged model
+    Goes through :func:`transformers_qwen3.checkpoint.hub_folder.save_hub_folder`: a plain ``save_pretrained`` of the merged model
     copies the remote-code files only when the auto class is registered on it, so the folder would not load on a
     machine without this package.
     """
-    from .hub import save_hub_folder
+    from ..checkpoint.hub_folder import save_hub_folder
 
     merged = peft_model.merge_and_unload()
     if dtype is not None:
@@ -210,15 +210,17 @@ def merge_to_hub_folder(
 
 
 def main(argv=None) -> int:
-    """``python -m transformers_qwen3.lora --preset 0.6b --rank 8 [--targets attention] [--mlp] ...``: trainable
+    """``python -m transformers_qwen3.training.lora --preset 0.6b --rank 8 [--targets attention] [--mlp] ...``: trainable
     parameters of a LoRA setting on a preset shape (meta device: nothing is allocated)."""
     import argparse
 
-    from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
-    from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
-    from .presets import PRESETS, preset_config
+    from ..checkpoint.presets import PRESETS, preset_config
+    from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
+    from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 
-    parser = argparse.ArgumentParser(prog="python -m transformers_qwen3.lora", description=main.__doc__.split(":")[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m transformers_qwen3.training.lora", description=main.__doc__.split(":")[1]
+    )
     parser.add_argument("--preset", choices=list(PRESETS), default="0.6b")
     parser.add_argument("--rank", type=int, nargs="+", default=[8])
     parser.add_argument("--targets", nargs="+", choices=DECODER_GROUPS, default=["attention-qv"])

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointFolderError
+from .keys import QWEN3_VL_RENAMES
 from .validate import check_config, check_tensors
 
 CONFIG_NAME = "config.json"
@@ -48,7 +49,7 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     "qwen3_multimodal": Layout("Qwen3-Multimodal (transformers-qwen3)"),
     "qwen3": Layout("Qwen3ForCausalLM", towers_allowed=False),
-    "qwen3_vl": Layout("Qwen3VLForConditionalGeneration", key_renames=(("model.language_model.", "model."),)),
+    "qwen3_vl": Layout("Qwen3VLForConditionalGeneration", key_renames=QWEN3_VL_RENAMES),
 }
 
 # Tower configs we can convert, by their `model_type`: what llama.cpp's qwen3vl_merger / qwen3a projectors implement.

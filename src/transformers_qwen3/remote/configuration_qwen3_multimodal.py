@@ -36,6 +36,16 @@ from transformers.models.qwen3.configuration_qwen3 import Qwen3Config  # noqa: E
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig  # noqa: E402
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig  # noqa: E402
 
+from .tokens_qwen3_multimodal import (  # noqa: E402
+    AUDIO_END_ID,
+    AUDIO_START_ID,
+    AUDIO_TOKEN_ID,
+    IMAGE_TOKEN_ID,
+    VIDEO_TOKEN_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+)
+
 
 class Qwen3MultimodalTextConfig(Qwen3Config):
     """The decoder: Qwen3's fields and semantics (sliding window, layer_types, YaRN ...) unchanged.
@@ -70,13 +80,13 @@ class Qwen3MultimodalConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
     audio_config: dict | PreTrainedConfig | None = None
-    image_token_id: int = 151655
-    video_token_id: int = 151656
-    audio_token_id: int = 151675
-    vision_start_token_id: int = 151652
-    vision_end_token_id: int = 151653
-    audio_start_token_id: int = 151669
-    audio_end_token_id: int = 151670
+    image_token_id: int = IMAGE_TOKEN_ID
+    video_token_id: int = VIDEO_TOKEN_ID
+    audio_token_id: int = AUDIO_TOKEN_ID
+    vision_start_token_id: int = VISION_START_ID
+    vision_end_token_id: int = VISION_END_ID
+    audio_start_token_id: int = AUDIO_START_ID
+    audio_end_token_id: int = AUDIO_END_ID
     # Tying lives on the composite config because PreTrainedModel reads it there; it mirrors the text config's.
     tie_word_embeddings: bool | None = None
     # Likewise use_cache: the model's forward defaults to config.use_cache (merge_with_config_defaults), and Trainer

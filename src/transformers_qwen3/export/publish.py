@@ -3,7 +3,7 @@
 OUT gets the weights re-saved by transformers' ``save_pretrained`` (safetensors sharded by size, with an index),
 ``config.json`` with the full ``auto_map``, the three remote-code files, the tokenizer / processor / chat-template
 files and ``generation_config.json`` copied byte for byte, ``LICENSE`` and a ``README.md`` model card
-(:mod:`transformers_qwen3.modelcard`), plus the provenance and evaluation records the card was built from.
+(:mod:`transformers_qwen3.export.modelcard`), plus the provenance and evaluation records the card was built from.
 
 ``--gguf q8_0,q4_k_m`` writes the GGUF files and the mmproj into a sibling ``OUT-GGUF`` folder with its own card
 and LICENSE: the Hub convention (one transformers repo, one ``-GGUF`` repo) keeps ``from_pretrained`` and
@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .hub import HUB_FILES, MODEL_AUTO_MAP, code_differences, copy_code_files
+from ..checkpoint.hub_folder import HUB_FILES, MODEL_AUTO_MAP, code_differences, copy_code_files
+from ..outputs import atomic_folder, check_destination
 from .modelcard import (
     EVAL_RESULTS_FILE,
     GGUF_QUALITY_FILE,
@@ -47,7 +48,6 @@ from .modelcard import (
     read_provenance,
     resolve_license,
 )
-from .outputs import atomic_folder, check_destination
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 TOKENIZER_FILES = (
@@ -83,7 +83,7 @@ def _check_source(src: Path) -> dict:
     config_path = src / "config.json"
     if not config_path.is_file():
         raise ExportError(f"{src} has no config.json; MODEL must be a model folder in the transformers-qwen3 layout.")
-    from .convert.checkpoint import read_json_object, validate_folder
+    from ..formats.folder import read_json_object, validate_folder
 
     config = read_json_object(config_path, "MODEL must be a model folder in the transformers-qwen3 layout")
     if config.get("model_type") != "qwen3_multimodal":
@@ -135,7 +135,7 @@ def parse_gguf_types(text: str | None) -> list[str]:
 def _converter():
     """The GGUF converter's entry point, imported only when --gguf is used."""
     try:
-        from .convert import convert_checkpoint
+        from ..convert import convert_checkpoint
     except ModuleNotFoundError as err:
         if not (err.name or "").startswith("transformers_qwen3.convert"):
             raise  # a module the converter needs is missing: a broken installation, shown as it is
@@ -404,13 +404,3 @@ def run(args) -> int:
                 print(f"pushed {folder} -> {repo}: {url}")
     return 0
 
-
-def main(argv=None) -> int:
-    """``python -m transformers_qwen3.export`` is the CLI's ``export`` verb."""
-    from .cli import main as cli_main
-
-    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,11 +17,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
-from .errors import FolderError
-from .hub import copy_code_files, save_preprocessing, set_auto_map
-from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
-from .outputs import atomic_folder, check_destination
+from ..errors import FolderError
+from ..formats.keys import AUDIO_PREFIX, OMNI_AUDIO_PREFIX, QWEN3_VL_RENAMES, key_mapping
+from ..outputs import atomic_folder, check_destination
+from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
+from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+from .hub_folder import copy_code_files, save_preprocessing, set_auto_map
 from .presets import preset_config
 
 SHARD_BYTES = 2 * 1024**3
@@ -161,7 +162,7 @@ def read_config_json(src: Path) -> dict:
     path = src / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: `import` takes a folder holding a Qwen3 or Qwen3-VL checkpoint.")
-    from .convert.checkpoint import read_json_object
+    from ..formats.folder import read_json_object
 
     return read_json_object(path, "`import` takes a folder holding a Qwen3 or Qwen3-VL checkpoint")
 
@@ -206,8 +207,7 @@ def omni_audio_config(raw: dict) -> dict:
 # model_type of the source -> (our config from its config.json, key renames applied by transformers while loading)
 IMPORTERS = {
     "qwen3": (qwen3_config, None),
-    # Qwen3-VL keeps the decoder under model.language_model.; ours is flat like Qwen3ForCausalLM
-    "qwen3_vl": (qwen3_vl_config, {r"^model\.language_model\.": "model."}),
+    "qwen3_vl": (qwen3_vl_config, key_mapping(QWEN3_VL_RENAMES)),
 }
 
 
@@ -215,7 +215,7 @@ def source_shards(src: Path) -> list[Path]:
     """The safetensors files holding ``src``'s weights, by the converter's one rule for that (``weight_files``:
     model.safetensors, else the shards the index lists, each a regular file inside ``src``; an index naming
     ``..``, an absolute path or a symlink out of the folder is refused)."""
-    from .convert.checkpoint import weight_files
+    from ..formats.folder import weight_files
 
     try:
         return weight_files(src)
@@ -297,7 +297,7 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
             f"{src / 'config.json'} has model_type {model_type!r}; `import` supports: {', '.join(IMPORTERS)} "
             f"(native Qwen3ForCausalLM and Qwen3VLForConditionalGeneration checkpoints)."
         )
-    from .convert.checkpoint import validate_folder
+    from ..formats.folder import validate_folder
 
     validate_folder(src)  # schema, index, headers, shapes: one clear error before transformers reads anything
     make_config, key_mapping = IMPORTERS[model_type]
@@ -316,14 +316,14 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
         config = Qwen3MultimodalConfig(**{**config.to_dict(), "audio_config": audio})
         omni_shards = source_shards(audio_from)
     expected = expected_shapes(config)
-    check_shards(shards, {k: v for k, v in expected.items() if not k.startswith("model.audio_tower.")}, key_mapping)
+    check_shards(shards, {k: v for k, v in expected.items() if not k.startswith(AUDIO_PREFIX)}, key_mapping)
     if omni_shards:
         check_shards(
             omni_shards,
             {
-                k.replace("model.audio_tower.", OMNI_AUDIO_PREFIX, 1): v
+                k.replace(AUDIO_PREFIX, OMNI_AUDIO_PREFIX, 1): v
                 for k, v in expected.items()
-                if k.startswith("model.audio_tower.")
+                if k.startswith(AUDIO_PREFIX)
             },
             None,
             partial=True,
@@ -355,12 +355,9 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
     return Path(dst)
 
 
-OMNI_AUDIO_PREFIX = "thinker.audio_tower."
-
-
 def stored_dtype(shard: Path) -> torch.dtype:
     """The dtype the checkpoint's tensors are stored in (read from the header; no tensor is loaded)."""
-    from .convert.checkpoint import SAFETENSORS_DTYPES  # the one safetensors dtype table
+    from ..formats.folder import SAFETENSORS_DTYPES  # the one safetensors dtype table
 
     with safe_open(shard, framework="pt") as f:
         return SAFETENSORS_DTYPES.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .errors import UserError
+from ..errors import UserError
 
 PROVENANCE_FILE = "qwen3_multimodal_provenance.json"
 EVAL_RESULTS_FILE = "eval_results.json"

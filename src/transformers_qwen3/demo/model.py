@@ -1,7 +1,7 @@
 """The demo model: a small Qwen3-Multimodal the project trains itself on the synthetic image + audio task.
 
 No real weights can be downloaded here and a random model answers nonsense, so ``make demo`` shows a model trained
-by this file on :mod:`transformers_qwen3.synthetic` (colour / shape / count / position of shapes in a picture;
+by this file on :mod:`transformers_qwen3.demo.synthetic` (colour / shape / count / position of shapes in a picture;
 count / pitch of beeps in a clip; one-word answers).
 
 Shape: the real Qwen3 tokenizer (vocabulary 151,936), a 4-layer decoder of width 256 with FFN 768, a 2-block
@@ -11,10 +11,10 @@ multiple of 256 wide, so llama.cpp's K-quants are real K-quants (narrower rows m
 How the weights ship (option b of issue 5; docs/demo.md says why): the embedding table (tied with the output head,
 38.9 M of the 44.6 M parameters) is *frozen* at a seeded initialisation computed with exact arithmetic
 (:func:`frozen_embedding`), so only the rest — decoder layers, final norm, both towers — is trained and committed
-as package data (``demo_weights/demo-trained.safetensors``, bf16, a few MB). :func:`demo_checkpoint` puts the two
+as package data (``weights/demo-trained.safetensors``, bf16, a few MB). :func:`demo_checkpoint` puts the two
 back together into a Hub-layout folder in seconds and caches it under ``~/.cache/transformers-qwen3/demo/``.
 
-Training (``python -m transformers_qwen3.demo_model train``) computes the loss and the logits only at the two
+Training (``python -m transformers_qwen3.demo.model train``) computes the loss and the logits only at the two
 positions that carry labels (the answer word and the ``<|im_end|>`` after it) by passing ``logits_to_keep`` as a
 tensor of positions; a full-vocabulary head over every position costs most of a step with this vocabulary
 (``--measure-speedup`` times both). Tower inputs (pixel values, log-mel features) are computed once before training.
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .presets import QWEN3_COMMON
+from ..checkpoint.presets import QWEN3_COMMON
 
 # --------------------------------------------------------------------------------------------------------------------
 # The model
@@ -52,7 +52,7 @@ EMBED_SEED = 20250601  # seed of the frozen embedding table
 # first and training crawls.
 EMBED_STD = 0.1
 DATA_SEED = 0  # synthetic.py seed: train / validation / test splits are fixed by it
-WEIGHTS_DIR = Path(__file__).parent / "demo_weights"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 TRAINED_FILE = WEIGHTS_DIR / "demo-trained.safetensors"
 RECORD_FILE = WEIGHTS_DIR / "training.json"
 EMBED_KEY = "model.embed_tokens.weight"
@@ -108,7 +108,7 @@ AUDIO_CONFIG = {
 
 def demo_config():
     """The demo model's :class:`Qwen3MultimodalConfig` (bf16 on disk)."""
-    from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
+    from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
 
     config = Qwen3MultimodalConfig(
         text_config=dict(TEXT_CONFIG), vision_config=dict(VISION_CONFIG), audio_config=dict(AUDIO_CONFIG)
@@ -154,7 +154,7 @@ def sha256_tensor(t: torch.Tensor) -> str:
 def build_model(trained: dict | None = None, dtype: torch.dtype = torch.float32):
     """The demo model with the frozen embedding table; ``trained`` (a state dict without the table) fills the rest,
     else the rest is freshly initialised (torch's global seed decides)."""
-    from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+    from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 
     config = demo_config()
     model = Qwen3MultimodalForConditionalGeneration(config)
@@ -177,7 +177,7 @@ def load_trained(path: Path = TRAINED_FILE) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: the trained part of the demo model ships with the package. Reinstall it, or train "
-            f"it again with `python -m transformers_qwen3.demo_model train` (docs/demo.md)."
+            f"it again with `python -m transformers_qwen3.demo.model train` (docs/demo.md)."
         )
     return load_file(path)
 
@@ -199,13 +199,13 @@ def _build_key() -> str:
     """Changes whenever anything the rebuilt folder depends on changes (weights, config, code files, versions)."""
     import transformers
 
-    from .hub import HUB_FILES, PACKAGE_DIR
+    from ..checkpoint.hub_folder import HUB_FILES, REMOTE_DIR
 
     h = hashlib.sha256()
     h.update(TRAINED_FILE.read_bytes() if TRAINED_FILE.is_file() else b"missing")
     h.update(json.dumps([TEXT_CONFIG, VISION_CONFIG, AUDIO_CONFIG, EMBED_SEED, EMBED_STD], sort_keys=True).encode())
     for name in HUB_FILES:
-        h.update((PACKAGE_DIR / name).read_bytes())
+        h.update((REMOTE_DIR / name).read_bytes())
     h.update(f"{transformers.__version__}|{torch.__version__}".encode())
     return h.hexdigest()[:12]
 
@@ -213,8 +213,8 @@ def _build_key() -> str:
 def write_checkpoint(dst, force: bool = False, tokenizer=None) -> Path:
     """Rebuild the demo model into ``dst`` in our Hub layout (bf16, tokenizer, processor, code files). Same bytes
     every time."""
-    from .hub import save_hub_folder
-    from .tokenizer import build_qwen3_tokenizer
+    from ..checkpoint.hub_folder import save_hub_folder
+    from ..checkpoint.tokenizer import build_qwen3_tokenizer
 
     model = build_model(load_trained(), dtype=torch.bfloat16)
     return save_hub_folder(model, tokenizer or build_qwen3_tokenizer(), Path(dst), force=force)
@@ -492,8 +492,8 @@ def train(
 ) -> dict:
     from tqdm import tqdm
 
-    from .processing_qwen3_multimodal import Qwen3MultimodalProcessor
-    from .tokenizer import build_qwen3_tokenizer
+    from ..checkpoint.tokenizer import build_qwen3_tokenizer
+    from ..remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
 
     torch.set_num_threads(settings.threads)
     t_start = time.perf_counter()
@@ -587,7 +587,7 @@ def train(
     os.chmod(tmp, 0o644)  # package data: world-readable whatever the umask
     os.replace(tmp, out_dir / TRAINED_FILE.name)
     record = {
-        "command": "python -m transformers_qwen3.demo_model train " + " ".join(sys.argv[2:]),
+        "command": "python -m transformers_qwen3.demo.model train " + " ".join(sys.argv[2:]),
         "settings": settings.__dict__,
         "wall_seconds": {
             "encode_data": round(t_data, 1),
@@ -624,10 +624,10 @@ def train(
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m transformers_qwen3.demo_model", description=__doc__.split("\n")[0]
+        prog="python -m transformers_qwen3.demo.model", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="verb", required=True)
-    p_train = sub.add_parser("train", help="train the demo model's non-embedding weights (writes demo_weights/)")
+    p_train = sub.add_parser("train", help="train the demo model's non-embedding weights (writes weights/)")
     defaults = TrainSettings()
     for field, value in defaults.__dict__.items():
         p_train.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
@@ -653,8 +653,8 @@ def main(argv=None) -> int:
         folder = write_checkpoint(args.dst, force=args.force) if args.dst else demo_checkpoint(verbose=True)
         print(folder)
         return 0
-    from .processing_qwen3_multimodal import Qwen3MultimodalProcessor
-    from .tokenizer import build_qwen3_tokenizer
+    from ..checkpoint.tokenizer import build_qwen3_tokenizer
+    from ..remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
 
     torch.set_num_threads(1)
     items = encode_split(Qwen3MultimodalProcessor(tokenizer=build_qwen3_tokenizer()), "test", args.n_test)

@@ -43,10 +43,10 @@ import gguf
 import numpy as np
 import torch
 
+from ..convert.errors import ConversionError, GGUFFileError
+from ..convert.tensor_map import TEXT_TENSORS, hf_name
 from ..errors import MissingDependencyError
-from .checkpoint import LAYOUTS, open_checkpoint, validate_folder
-from .errors import ConversionError, GGUFFileError
-from .tensor_map import TEXT_TENSORS, hf_name
+from ..formats.folder import LAYOUTS, open_checkpoint, validate_folder
 
 # Fixed prompts: plain text, Chinese, code, and a chat turn with special tokens.
 PROMPTS = (
@@ -387,7 +387,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 def _our_model_and_encoder(ctx: Context):
     if open_checkpoint(ctx.model).model_type != "qwen3_multimodal":
         raise ConversionError("media embedding checks compare with our towers: MODEL must be our layout")
-    from transformers_qwen3.processing_qwen3_multimodal import MediaEncoder
+    from transformers_qwen3.remote.processing_qwen3_multimodal import MediaEncoder
 
     return load_transformers_model(ctx.model), MediaEncoder.from_folder(ctx.model)
 
@@ -477,7 +477,7 @@ def _processor(folder: Path):
     from transformers import AutoTokenizer
 
     import transformers_qwen3  # noqa: F401
-    from transformers_qwen3.processing_qwen3_multimodal import Qwen3MultimodalProcessor
+    from transformers_qwen3.remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
 
     if (folder / "processor_config.json").is_file():
         return Qwen3MultimodalProcessor.from_pretrained(folder)

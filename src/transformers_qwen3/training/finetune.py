@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FolderError, OutputError, UserError
+from ..errors import FolderError, OutputError, UserError
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -222,7 +222,7 @@ class ChatEncoder:
                     f"{record.where}: the record has {'/'.join(sorted(set(record.media)))} parts but "
                     f"the model has no processor for them (a text-only model?)."
                 )
-            from .processing_qwen3_multimodal import MediaError
+            from ..remote.media_qwen3_multimodal import MediaError
 
             try:
                 out = self.processor.apply_chat_template(
@@ -320,7 +320,7 @@ def media_policy_for(records: list[ChatRecord]):
     folders = sorted({str(p.parent) for r in records for p in r.files})
     if not folders:
         return None
-    from .processing_qwen3_multimodal import MediaPolicy
+    from ..remote.media_qwen3_multimodal import MediaPolicy
 
     return MediaPolicy(allowed_roots=tuple(folders))
 
@@ -331,7 +331,7 @@ def media_policy_for(records: list[ChatRecord]):
 
 
 def load_tokenizer(folder: Path):
-    from .processing_qwen3_multimodal import Qwen3MultimodalTokenizer
+    from ..remote.tokenization_qwen3_multimodal import Qwen3MultimodalTokenizer
 
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise FolderError(
@@ -346,7 +346,7 @@ def load_processor(folder: Path, config, tokenizer):
     if config.vision_config is None and config.audio_config is None:
         return None
     try:
-        from .processing_qwen3_multimodal import Qwen3MultimodalProcessor
+        from ..remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
     except ImportError as err:  # the processor is optional for text-only fine-tuning
         raise DataError(
             f"records with images or audio need Qwen3MultimodalProcessor, which this installation "
@@ -354,7 +354,7 @@ def load_processor(folder: Path, config, tokenizer):
         ) from err
     if (folder / "processor_config.json").is_file():
         return Qwen3MultimodalProcessor.from_pretrained(folder)
-    from .hub import default_processor
+    from ..checkpoint.hub_folder import default_processor
 
     return default_processor(config, tokenizer)
 
@@ -362,7 +362,7 @@ def load_processor(folder: Path, config, tokenizer):
 def validate_model(folder: Path):
     """MODEL checked as every verb checks a model folder (`validate_folder`), and in our Hub layout; returns the
     opened checkpoint (config and tensor headers, no weights loaded)."""
-    from .convert.checkpoint import validate_folder
+    from ..formats.folder import validate_folder
 
     ckpt = validate_folder(folder)
     if ckpt.model_type != "qwen3_multimodal":
@@ -375,7 +375,7 @@ def validate_model(folder: Path):
 
 def load_model(folder: Path, dtype):
     """The model's weights (``run`` has validated the folder with :func:`validate_model`)."""
-    from .modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+    from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
 
     return Qwen3MultimodalForConditionalGeneration.from_pretrained(folder, dtype=dtype)
 
@@ -480,7 +480,7 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 def _check_outputs(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, sources=()):
     """Fail before any work when an output would be overwritten or the checkpoint to resume is missing."""
-    from .outputs import check_destination
+    from ..outputs import check_destination
 
     for path, what in ((out, "OUT"), (merge_dir, "--merge DIR")):
         if path is None:
@@ -511,7 +511,7 @@ def _check_outputs(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, sour
 
 def _source_dtype(ckpt):
     """The dtype the weights are stored in (read from the safetensors headers, whatever config.json claims)."""
-    from .convert.checkpoint import SAFETENSORS_DTYPES
+    from ..formats.folder import SAFETENSORS_DTYPES
 
     return SAFETENSORS_DTYPES[ckpt.widest_float_dtype()]
 
@@ -574,10 +574,10 @@ def _train(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, resume, mode
     import torch
     from transformers import Trainer, set_seed
 
-    from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
-    from .hub import save_hub_folder
+    from ..checkpoint.hub_folder import save_hub_folder
+    from ..outputs import atomic_folder
+    from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
     from .lora import apply_lora, lora_config, merge_to_hub_folder, trainable_parameters
-    from .outputs import atomic_folder
 
     # TrainingArguments sets up the process group under `accelerate launch` / torchrun (one process otherwise)
     training_args = training_arguments(args, ckpt_dir, ckpt.has_towers)

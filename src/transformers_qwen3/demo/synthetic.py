@@ -23,7 +23,7 @@ wall-clock timestamp into float WAV files, which would break byte-identical outp
 quantised to the same 16-bit grid, so ``soundfile.read(path, dtype="float32")`` returns exactly what
 :func:`render_audio` returns.
 
-CLI: ``python -m transformers_qwen3.synthetic OUT --n-train 2000 --n-val 200 --n-test 200 --seed 0``.
+CLI: ``python -m transformers_qwen3.demo.synthetic OUT --n-train 2000 --n-val 200 --n-test 200 --seed 0``.
 """
 
 from __future__ import annotations
@@ -585,7 +585,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m transformers_qwen3.synthetic",
+        prog="python -m transformers_qwen3.demo.synthetic",
         description="Write the synthetic image/audio question-answering data set used to train the demo model.",
     )
     add_arguments(parser)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import gguf
 
+from ..formats.folder import Checkpoint, validate_folder
 from ..outputs import publish_file, temp_file
-from .checkpoint import Checkpoint, validate_folder
 from .errors import ConversionError
 from .metadata import ARCH_MMPROJ, add_general, add_mmproj_hparams, add_text_hparams, text_arch
 from .plan import PlannedTensor, format_plan, plan_mmproj, plan_text
 from .quantize import LLAMA_FTYPES, check_tensor_types, llama_quantize, require_quantizer, type_report, written_types
-from .validate import check_llama_cpp_support
+from .support import check_llama_cpp_support
 from .vocab import Vocab, load_vocab
 from .writer import write_gguf
 
