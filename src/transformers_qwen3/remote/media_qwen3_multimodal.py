@@ -13,7 +13,8 @@ Where we differ from transformers' loaders:
 
 - Sources are never handed to transformers' ``load_image`` / ``load_audio`` (they fetch any URL, follow any
   redirect, have no size caps and open any path).
-- Audio files are resampled to 16 kHz by linear interpolation (no anti-alias filter) and downmixed to mono.
+- Audio is downmixed to mono and resampled to 16 kHz with soxr ("HQ"), the resampler librosa uses; transformers'
+  ``load_audio`` resamples with librosa too, so the two agree up to soxr's quality setting.
 - Audio with non-finite samples or samples beyond ±16 is refused (transformers computes NaN features for it).
 """
 
@@ -572,16 +573,23 @@ def _as_float_tensor(array, tag, source):
     return tensor
 
 
-def resample(audio: torch.Tensor, rate: int, target: int) -> torch.Tensor:
-    """Linear-interpolation resampling (no anti-alias filter; fine for speech into a 16 kHz mel front end)."""
+def resample(audio: torch.Tensor, rate: int, target: int, tag: str = "<audio>", source=None) -> torch.Tensor:
+    """Band-limited resampling with soxr (librosa's default resampler), quality "HQ".
+
+    Its anti-alias filter removes what lies above the new Nyquist frequency instead of folding it back: an 11 kHz
+    tone in 48 kHz audio comes out of a 16 kHz resample attenuated by more than 100 dB, where linear interpolation
+    (what we used before) left it at about -11 dB as a 5 kHz tone the mel front end would hear.
+    """
     if rate == target or audio.numel() == 0:
         return audio
-    n_out = max(1, round(audio.numel() * target / rate))
-    positions = torch.arange(n_out, dtype=torch.float64) * (rate / target)
-    left = positions.floor().long().clamp(max=audio.numel() - 1)
-    right = (left + 1).clamp(max=audio.numel() - 1)
-    frac = (positions - left).to(audio.dtype)
-    return audio[left] * (1 - frac) + audio[right] * frac
+    try:
+        import soxr
+    except ImportError:
+        raise MediaError(
+            tag, source, f"audio at {rate} Hz must be resampled to {target} Hz, which needs soxr: pip install soxr"
+        ) from None
+    out = soxr.resample(audio.contiguous().numpy(), rate, target, quality="HQ")
+    return torch.from_numpy(out).to(audio.dtype)
 
 
 def _soundfile(tag, source):
@@ -644,7 +652,7 @@ def _finish_audio(audio: torch.Tensor, rate: int, policy: MediaPolicy, tag, sour
         raise MediaError(
             tag, source, f"audio is {audio.numel() / rate:.1f} s, over the {policy.max_audio_seconds} s cap"
         )
-    audio = resample(audio, rate, sampling_rate)
+    audio = resample(audio, rate, sampling_rate, tag, source)
     if audio.numel() < sampling_rate // 100:  # under 10 ms: not one mel frame
         raise MediaError(tag, source, "audio is shorter than 10 ms")
     return audio
