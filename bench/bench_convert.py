@@ -21,14 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from test_convert_fixtures import (  # noqa: E402  (shared with the tests: the pinned upstream converter)
+from transformers_qwen3.runtime.upstream import (
     add_native_tokenizer,
     read_gguf,
     tensor_differences,
     upstream_converter,
+    upstream_env,
 )
 
 # Runs `argv` as a child and prints its wall time and peak RSS (KiB on Linux) as JSON.
@@ -68,15 +66,41 @@ def measure(argv: list[str], env: dict[str, str]) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="0.6b", help="text preset of transformers-qwen3 init (default 0.6b)")
     parser.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="keep the checkpoint here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def commands(src: Path, out: Path, upstream: Path, outtype: str) -> dict[str, tuple[list[str], dict]]:
+    """name → (argv, environment) of each converter writing ``outtype`` into ``out``."""
+    ours = [sys.executable, "-m", "transformers_qwen3.cli", "convert", str(src), str(out)]
+    ours += ["--outtype", outtype, "--force", "--no-progress"]
+    theirs = [sys.executable, str(upstream / "convert_hf_to_gguf.py"), str(src), "--outtype", outtype]
+    theirs += ["--outfile", str(out / "upstream.gguf")]
+    # upstream runs on the sdist's own gguf-py
+    return {"ours": (ours, dict(os.environ)), "llama.cpp": (theirs, upstream_env(upstream))}
+
+
+def alternate(cmds: dict, repeat: int) -> dict[str, list[dict]]:
+    """Each command ``repeat`` times, the order alternating run by run (load drift hits both)."""
+    runs: dict[str, list[dict]] = {k: [] for k in cmds}
+    for i in range(repeat):
+        for name in cmds if i % 2 == 0 else reversed(cmds):
+            cmd, cmd_env = cmds[name]
+            t = time.strftime("%H:%M:%S")
+            runs[name].append(measure(cmd, cmd_env))
+            last = runs[name][-1]
+            print(f"[{t}] {name}: {last['wall_s']:.1f} s, {last['peak_rss_kib'] / 1024:.0f} MiB", file=sys.stderr)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-convert-"))
     work.mkdir(parents=True, exist_ok=True)
     src = make_checkpoint(work / f"qwen3-{args.preset}", args.preset, work)
@@ -84,49 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    env = dict(os.environ)
-    up_env = {**os.environ, "PYTHONPATH": str(upstream / "gguf-py")}  # the sdist's own gguf-py
-    ours_file = out / f"{src.name}-{args.outtype.upper()}.gguf"
-    up_file = out / "upstream.gguf"
-    commands = {
-        "ours": (
-            [
-                sys.executable,
-                "-m",
-                "transformers_qwen3.cli",
-                "convert",
-                str(src),
-                str(out),
-                "--outtype",
-                args.outtype,
-                "--force",
-                "--no-progress",
-            ],
-            env,
-        ),
-        "llama.cpp": (
-            [
-                sys.executable,
-                str(upstream / "convert_hf_to_gguf.py"),
-                str(src),
-                "--outtype",
-                args.outtype,
-                "--outfile",
-                str(up_file),
-            ],
-            up_env,
-        ),
-    }
-    runs: dict[str, list[dict]] = {k: [] for k in commands}
-    for i in range(args.repeat):
-        for name in commands if i % 2 == 0 else reversed(commands):
-            cmd, cmd_env = commands[name]
-            t = time.strftime("%H:%M:%S")
-            runs[name].append(measure(cmd, cmd_env))
-            print(
-                f"[{t}] {name}: {runs[name][-1]['wall_s']:.1f} s, {runs[name][-1]['peak_rss_kib'] / 1024:.0f} MiB",
-                file=sys.stderr,
-            )
+    cmds = commands(src, out, upstream, args.outtype)
+    runs = alternate(cmds, args.repeat)
     summary = {
         name: {
             "wall_s": statistics.median(r["wall_s"] for r in rs),
@@ -135,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, rs in runs.items()
     }
-    diffs = tensor_differences(read_gguf(ours_file)[1], read_gguf(up_file)[1])
+    ours_file = out / f"{src.name}-{args.outtype.upper()}.gguf"
+    diffs = tensor_differences(read_gguf(ours_file)[1], read_gguf(out / "upstream.gguf")[1])
     size_mib = sum(p.stat().st_size for p in src.glob("*.safetensors")) / 2**20
     result = {
         "preset": args.preset,
@@ -148,19 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         "identical_tensors": not diffs,
         **summary,
     }
-    print("| converter | wall time (s) | peak RSS (MiB) |\n| --- | --- | --- |")
-    for name in commands:
-        print(f"| {name} | {summary[name]['wall_s']:.1f} | {summary[name]['peak_rss_mib']:.0f} |")
-    print(
-        f"\n{args.preset} ({size_mib:.0f} MiB safetensors) → {args.outtype.upper()}, median of {args.repeat}: "
-        f"time {result['time_ratio']:.2f}x, peak RSS {result['rss_ratio']:.2f}x of llama.cpp's converter; "
-        f"tensors identical: {not diffs}"
-    )
+    print_summary(result, summary, size_mib, args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def print_summary(result: dict, summary: dict, size_mib: float, args: argparse.Namespace) -> None:
+    print("| converter | wall time (s) | peak RSS (MiB) |\n| --- | --- | --- |")
+    for name, s in summary.items():
+        print(f"| {name} | {s['wall_s']:.1f} | {s['peak_rss_mib']:.0f} |")
+    print(
+        f"\n{args.preset} ({size_mib:.0f} MiB safetensors) → {args.outtype.upper()}, median of {args.repeat}: "
+        f"time {result['time_ratio']:.2f}x, peak RSS {result['rss_ratio']:.2f}x of llama.cpp's converter; "
+        f"tensors identical: {result['identical_tensors']}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import shutil
 import gguf
 import pytest
 import torch
-from test_convert_fixtures import (
+from helpers.convert_fixtures import (
     checkpoint,
     metadata_differences,
     read_gguf,

@@ -15,7 +15,7 @@ import os
 import gguf
 import pytest
 import torch
-from test_convert_fixtures import checkpoint, read_gguf
+from helpers.convert_fixtures import checkpoint, read_gguf
 from transformers_qwen3.convert import convert_checkpoint, type_report, written_types
 
 from transformers_qwen3.runtime.verify import verify

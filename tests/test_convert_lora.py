@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert_fixtures import (
+from helpers.convert_fixtures import (
     _upstream_values,
     checkpoint,
     metadata_differences,
