@@ -6,6 +6,7 @@ NFC-normalised text (our tokenizer normalises to NFC itself). Ids must be equal,
 
 import json
 import random
+import re
 import shutil
 import unicodedata
 from pathlib import Path
@@ -347,6 +348,52 @@ def test_template_tools(tok):
     )
     # No system message: the tool list still gets a system turn of its own.
     assert render(tok, messages[1:2], tools=[tool]).startswith("<|im_start|>system\n# Tools\n")
+
+
+GENERATION_CHATS = [
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image"}, {"type": "audio"}]},
+        {"role": "assistant", "content": "<think>\nlook\n</think>\n\nA cat."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Yes.", "reasoning_content": "it meows"},
+    ],
+    [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "Let me look.",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "content": "18C"},
+        {"role": "assistant", "content": "18C."},
+    ],
+]
+
+
+def test_generation_blocks_mark_what_each_assistant_turn_says(tok):
+    """The {% generation %} blocks give transformers' assistant mask: each assistant turn after its header, through
+    <|im_end|>. Oracle: the character spans of those turns in the rendered text."""
+    for messages in GENERATION_CHATS:
+        out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        text = render(tok, messages)
+        spans = [m.span(1) for m in re.finditer(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>)", text, re.S)]
+        assert len(spans) == 2
+        marked = tok.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m])
+        assert marked == "".join(text[s:e] for s, e in spans)
+
+
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_llama_cpp_python_renders_the_template_as_transformers(tok, add_generation_prompt):
+    """The GGUF carries this template unchanged: llama-cpp-python's Jinja2ChatFormatter ignores the {% generation %}
+    tag (its IgnoreGenerationTags extension), as llama.cpp's own engine does (common/jinja/parser.cpp: a no-op)."""
+    formats = pytest.importorskip("llama_cpp.llama_chat_format", reason="needs llama-cpp-python (make llama-cpp)")
+    formatter = formats.Jinja2ChatFormatter(
+        tok.chat_template, eos_token=tok.eos_token, bos_token="", add_generation_prompt=add_generation_prompt
+    )
+    for messages in GENERATION_CHATS:
+        expected = render(tok, messages, add_generation_prompt=add_generation_prompt)
+        assert formatter(messages=messages).prompt == expected
 
 
 # ---- Hub file and round trip ------------------------------------------------------------------------------------
