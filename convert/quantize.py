@@ -15,7 +15,10 @@ from pathlib import Path
 import gguf
 
 from ..errors import MissingDependencyError
+from ..formats.gguf_file import tensor_types as written_types  # what llama.cpp wrote, read back
 from .errors import ConversionError
+
+__all__ = ["LLAMA_FTYPES", "check_tensor_types", "llama_quantize", "require_quantizer", "type_report", "written_types"]
 
 # outtype → (llama_ftype constant name in llama_cpp, the types its mix is meant to use for 2-D weights)
 LLAMA_FTYPES: dict[str, tuple[str, frozenset[str]]] = {
@@ -91,12 +94,6 @@ def llama_quantize(
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise ConversionError(f"llama.cpp's quantizer failed on {src.name} (return code {rc}; see its log above)")
-
-
-def written_types(path: Path) -> dict[str, str]:
-    """Tensor name → ggml type name, as stored in the GGUF file."""
-    reader = gguf.GGUFReader(path)
-    return {t.name: t.tensor_type.name for t in reader.tensors}
 
 
 def type_report(types: dict[str, str], outtype: str | None = None) -> list[str]:

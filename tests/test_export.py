@@ -21,7 +21,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from transformers_qwen3.checkpoint.hub_folder import HUB_FILES, MODEL_AUTO_MAP
 from transformers_qwen3.cli import main as cli_main
+from transformers_qwen3.export import licensing, provenance
 from transformers_qwen3.export import modelcard as mc
+from transformers_qwen3.export.errors import ExportError
 
 REPO_ID = "tester/tiny-export"
 PROMPT_IDS = [151644, 872, 198, 9707, 11, 1879, 0, 151645, 198, 151644, 77091, 198]
@@ -51,7 +53,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_our_licence_has_use_restrictions_that_pass_to_derivatives():
-    text = mc.our_license_text()
+    text = licensing.our_license_text()
     for needle in ("Attachment A", "Weapons and military use", "Fraud and deception", "Surveillance that violates",
                    "Harassment", "Discrimination", "minors", "medical advice", "legal advice", "Derivative"):  # fmt: skip
         assert needle in text, needle
@@ -65,17 +67,17 @@ def test_our_licence_has_use_restrictions_that_pass_to_derivatives():
      "bigscience-bloom-rail-1.0", "bigcode-openrail-m", "llama3.1", "gemma", "other"],
 )  # fmt: skip
 def test_hub_licence_ids_accepted(hub_id):
-    assert hub_id in mc.HUB_LICENSE_IDS
+    assert hub_id in licensing.HUB_LICENSE_IDS
 
 
 def test_our_licence_is_other_with_name_and_link():
-    assert mc.OUR_LICENSE_NAME not in mc.HUB_LICENSE_IDS  # the Hub does not know it: it must be `other`
-    lic = mc.our_license()
+    assert licensing.OUR_LICENSE_NAME not in licensing.HUB_LICENSE_IDS  # the Hub does not know it: it must be `other`
+    lic = licensing.our_license()
     assert (lic.hub_id, lic.name, lic.link) == ("other", "qwen3-mm-rail-1.0", "LICENSE")
     assert re.fullmatch(r"[a-z0-9.\-]+", lic.name)  # the Hub's license_name form
 
 
-def _folder_with_card(tmp_path, meta: dict | None, license_text: str | None = None, provenance: dict | None = None):
+def _folder_with_card(tmp_path, meta: dict | None, license_text: str | None = None, record: dict | None = None):
     folder = tmp_path / "src"
     folder.mkdir()
     if meta is not None:
@@ -84,65 +86,65 @@ def _folder_with_card(tmp_path, meta: dict | None, license_text: str | None = No
         )
     if license_text is not None:
         (folder / "LICENSE").write_text(license_text)
-    if provenance is not None:
-        (folder / mc.PROVENANCE_FILE).write_text(json.dumps(provenance))
+    if record is not None:
+        (folder / provenance.PROVENANCE_FILE).write_text(json.dumps(record))
     return folder
 
 
 def test_licence_defaults_to_ours_when_source_declares_none(tmp_path):
-    lic = mc.resolve_license(_folder_with_card(tmp_path, None))
-    assert lic.name == mc.OUR_LICENSE_NAME and lic.text == mc.our_license_text()
+    lic = licensing.resolve_license(_folder_with_card(tmp_path, None))
+    assert lic.name == licensing.OUR_LICENSE_NAME and lic.text == licensing.our_license_text()
 
 
 def test_derived_export_keeps_the_source_licence(tmp_path):
-    lic = mc.resolve_license(_folder_with_card(tmp_path, {"license": "apache-2.0"}, "APACHE TEXT"))
+    lic = licensing.resolve_license(_folder_with_card(tmp_path, {"license": "apache-2.0"}, "APACHE TEXT"))
     assert (lic.hub_id, lic.text) == ("apache-2.0", "APACHE TEXT")
     assert "inherited" in lic.origin
 
 
 def test_derived_export_keeps_a_custom_other_licence(tmp_path):
     meta = {"license": "other", "license_name": "acme-model-license", "license_link": "LICENSE"}
-    lic = mc.resolve_license(_folder_with_card(tmp_path, meta, "ACME TERMS"))
+    lic = licensing.resolve_license(_folder_with_card(tmp_path, meta, "ACME TERMS"))
     assert (lic.hub_id, lic.name, lic.text) == ("other", "acme-model-license", "ACME TERMS")
 
 
 def test_licence_from_provenance_record(tmp_path):
     prov = {"relation": "imported", "base_model": "Qwen/Qwen3-0.6B", "license": "apache-2.0"}
-    lic = mc.resolve_license(_folder_with_card(tmp_path, None, provenance=prov))
+    lic = licensing.resolve_license(_folder_with_card(tmp_path, None, record=prov))
     assert lic.hub_id == "apache-2.0" and "apache-2.0" in lic.text  # no LICENSE file: a pointer text
 
 
 def test_license_argument_overrides(tmp_path):
     folder = _folder_with_card(tmp_path, {"license": "apache-2.0"}, "APACHE TEXT")
-    assert mc.resolve_license(folder, "MIT").hub_id == "mit"
-    assert mc.resolve_license(folder, "apache-2.0").text == "APACHE TEXT"  # same id: the source's text is kept
-    assert mc.resolve_license(folder, "qwen3-mm-rail-1.0").name == mc.OUR_LICENSE_NAME
+    assert licensing.resolve_license(folder, "MIT").hub_id == "mit"
+    assert licensing.resolve_license(folder, "apache-2.0").text == "APACHE TEXT"  # same id: the source's text is kept
+    assert licensing.resolve_license(folder, "qwen3-mm-rail-1.0").name == licensing.OUR_LICENSE_NAME
 
 
 def test_dropping_a_rail_licence_warns(tmp_path, capsys):
     from transformers_qwen3.export.publish import _warn_if_dropping_restrictions
 
     folder = _folder_with_card(tmp_path, {"license": "openrail"}, "OPENRAIL TEXT")
-    _warn_if_dropping_restrictions(folder, mc.resolve_license(folder, "mit"))
+    _warn_if_dropping_restrictions(folder, licensing.resolve_license(folder, "mit"))
     assert "use restrictions must be passed on" in capsys.readouterr().err
-    _warn_if_dropping_restrictions(folder, mc.resolve_license(folder, "bigscience-openrail-m"))
+    _warn_if_dropping_restrictions(folder, licensing.resolve_license(folder, "bigscience-openrail-m"))
     assert capsys.readouterr().err == ""
 
 
 def test_unknown_licence_lists_the_accepted_ones(tmp_path):
-    with pytest.raises(mc.ExportError) as err:
-        mc.resolve_license(_folder_with_card(tmp_path, None), "apache2")
+    with pytest.raises(ExportError) as err:
+        licensing.resolve_license(_folder_with_card(tmp_path, None), "apache2")
     assert "'apache2'" in str(err.value) and "apache-2.0" in str(err.value) and "qwen3-mm-rail-1.0" in str(err.value)
 
 
 def test_other_without_a_licence_file_is_refused(tmp_path):
-    with pytest.raises(mc.ExportError, match="no LICENSE file"):
-        mc.resolve_license(_folder_with_card(tmp_path, {"license": "other", "license_name": "acme"}))
+    with pytest.raises(ExportError, match="no LICENSE file"):
+        licensing.resolve_license(_folder_with_card(tmp_path, {"license": "other", "license_name": "acme"}))
 
 
 def test_license_other_needs_a_source_that_declares_one(tmp_path):
-    with pytest.raises(mc.ExportError, match="--license other"):
-        mc.resolve_license(_folder_with_card(tmp_path, None), "other")
+    with pytest.raises(ExportError, match="--license other"):
+        licensing.resolve_license(_folder_with_card(tmp_path, None), "other")
 
 
 # ---- card ------------------------------------------------------------------------------------------------------
@@ -168,9 +170,9 @@ def _gguf(file, kind, ftype, size, top1=None, kl=None):
 def _card_inputs(**overrides):
     inputs = dict(
         facts=_facts(),
-        license=mc.our_license(),
+        license=licensing.our_license(),
         repo_id="tester/demo",
-        provenance=mc.Provenance("finetune", ("Qwen/Qwen3-0.6B",), ("tester/shapes",)),
+        provenance=provenance.Provenance("finetune", ("Qwen/Qwen3-0.6B",), ("tester/shapes",)),
         eval_results=[EvalResult(task_type="visual-question-answering", task_name="image questions",
                                  dataset_type="synthetic", dataset_name="synthetic shapes", dataset_split="test",
                                  metric_type="accuracy", metric_name="exact match", metric_value=0.96)],
@@ -228,7 +230,7 @@ def test_card_pipeline_tag_follows_the_towers():
 
 
 def test_imported_model_names_its_base_without_a_relation(tmp_path):
-    prov = mc.Provenance("imported", ("Qwen/Qwen3-0.6B",))
+    prov = provenance.Provenance("imported", ("Qwen/Qwen3-0.6B",))
     meta = _round_trip(mc.build_model_card(_card_inputs(provenance=prov, eval_results=[])), tmp_path).data.to_dict()
     assert meta["base_model"] == ["Qwen/Qwen3-0.6B"] and "base_model_relation" not in meta  # the Hub has no "imported"
 
@@ -248,9 +250,9 @@ def test_memory_table_is_computed_from_sizes():
      ({"relation": "finetune", "base_model": "a/b", "datasets": 3}, "'datasets'")],
 )  # fmt: skip
 def test_bad_provenance_records(tmp_path, record, message):
-    (tmp_path / mc.PROVENANCE_FILE).write_text(json.dumps(record))
-    with pytest.raises(mc.ExportError, match=message):
-        mc.read_provenance(tmp_path)
+    (tmp_path / provenance.PROVENANCE_FILE).write_text(json.dumps(record))
+    with pytest.raises(ExportError, match=message):
+        provenance.read_provenance(tmp_path)
 
 
 # ---- the exported folder ---------------------------------------------------------------------------------------
@@ -268,7 +270,7 @@ def test_export_layout(exported, tiny_src):
     assert json.loads((exported / "tokenizer_config.json").read_text())["auto_map"]["AutoTokenizer"][1]
     for name in HUB_FILES:
         assert (exported / name).read_bytes() == (tiny_src / name).read_bytes()
-    assert (exported / "LICENSE").read_text() == mc.our_license_text()
+    assert (exported / "LICENSE").read_text() == licensing.our_license_text()
     assert _leftovers(exported.parent) == []
 
 
@@ -325,7 +327,7 @@ def test_card_pipeline_snippet_runs_on_the_export(exported):
 def test_example_card_in_docs_is_a_valid_card():
     card = ModelCard.load(REPO / "docs" / "model_card_example.md")
     meta = card.data.to_dict()
-    assert meta["license"] in mc.HUB_LICENSE_IDS and meta["library_name"] == "transformers"
+    assert meta["license"] in licensing.HUB_LICENSE_IDS and meta["library_name"] == "transformers"
     assert ModelCardData(**meta).to_dict() == meta
 
 
@@ -347,8 +349,10 @@ def test_export_of_a_derived_model_keeps_its_licence_and_provenance(tiny_src, tm
         ModelCardData(license="apache-2.0"), template_str="---\n{{ card_data }}\n---\n# old card\n"
     ).save(src / "README.md")
     (src / "LICENSE").write_text("APACHE LICENSE TEXT\n")
-    (src / mc.PROVENANCE_FILE).write_text(json.dumps({"relation": "finetune", "base_model": "Qwen/Qwen3-0.6B"}))
-    (src / mc.EVAL_RESULTS_FILE).write_text(json.dumps({"results": [
+    (src / provenance.PROVENANCE_FILE).write_text(
+        json.dumps({"relation": "finetune", "base_model": "Qwen/Qwen3-0.6B"})
+    )
+    (src / provenance.EVAL_RESULTS_FILE).write_text(json.dumps({"results": [
         {"task_type": "text-generation", "dataset_type": "synthetic", "dataset_name": "toy", "metric_type": "accuracy",
          "metric_value": 0.5}]}))  # fmt: skip
     out = tmp_path / "out"
@@ -357,7 +361,7 @@ def test_export_of_a_derived_model_keeps_its_licence_and_provenance(tiny_src, tm
     assert meta["license"] == "apache-2.0" and (out / "LICENSE").read_text() == "APACHE LICENSE TEXT\n"
     assert meta["base_model"] == ["Qwen/Qwen3-0.6B"] and meta["base_model_relation"] == "finetune"
     assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.5
-    assert (out / mc.PROVENANCE_FILE).is_file()  # carried on, so the next export knows it too
+    assert (out / provenance.PROVENANCE_FILE).is_file()  # carried on, so the next export knows it too
 
 
 # ---- bad input: one clear error, nothing left behind -----------------------------------------------------------
@@ -482,7 +486,7 @@ def test_gguf_plumbing_with_a_stand_in_converter(tiny_src, tmp_path, monkeypatch
     monkeypatch.setattr(export, "_converter", lambda: _fake_converter(calls))
     src = _linked_copy(tiny_src, tmp_path / "src")
     quality = {"reference": "transformers fp32, 4 prompts", "files": {"m-F16.gguf": {"top1_agreement": 0.875}}}
-    (src / mc.GGUF_QUALITY_FILE).write_text(json.dumps(quality))
+    (src / provenance.GGUF_QUALITY_FILE).write_text(json.dumps(quality))
     assert cli_main(["export", str(src), str(tmp_path / "m"), "--gguf", "f16", "--repo-id", REPO_ID]) == 0
     ((called_src, called_out, outtype, name, force),) = calls
     assert (outtype, name, force) == ("f16", "m", True)
@@ -518,7 +522,7 @@ def test_gguf_export_has_its_own_card_and_loads_in_llama_cpp(tiny_src, tmp_path)
     assert [g.name for g in ggufs] == ["tiny-Q8_0.gguf"], ggufs
     meta = ModelCard.load(gguf_dir / "README.md").data.to_dict()
     assert "gguf" in meta["tags"] and meta["base_model"] == [REPO_ID] and meta["base_model_relation"] == "quantized"
-    assert (gguf_dir / "LICENSE").read_text() == mc.our_license_text()
+    assert (gguf_dir / "LICENSE").read_text() == licensing.our_license_text()
     assert not any(out.glob("*.gguf"))  # the transformers repo stays free of GGUF files
     assert "tiny-Q8_0.gguf" in (out / "README.md").read_text()
     if importlib.util.find_spec("llama_cpp") is None:

@@ -30,23 +30,24 @@ from pathlib import Path
 
 from ..checkpoint.hub_folder import HUB_FILES, MODEL_AUTO_MAP, code_differences, copy_code_files
 from ..outputs import atomic_folder, check_destination
+from .errors import ExportError
+from .licensing import LicenseChoice, resolve_license
 from .modelcard import (
-    EVAL_RESULTS_FILE,
-    GGUF_QUALITY_FILE,
-    PROVENANCE_FILE,
     CardInputs,
-    ExportError,
     GGUFFacts,
-    LicenseChoice,
     build_gguf_card,
     build_model_card,
     human_bytes,
     inspect_gguf,
     inspect_model_folder,
+)
+from .provenance import (
+    EVAL_RESULTS_FILE,
+    GGUF_QUALITY_FILE,
+    PROVENANCE_FILE,
     read_eval_results,
     read_gguf_quality,
     read_provenance,
-    resolve_license,
 )
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
@@ -403,4 +404,3 @@ def run(args) -> int:
                 url = push_folder(folder, repo, private=args.private, revision=args.revision)
                 print(f"pushed {folder} -> {repo}: {url}")
     return 0
-
