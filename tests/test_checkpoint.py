@@ -99,6 +99,29 @@ def test_init_writes_shards_that_reload(tmp_path, qwen3_tokenizer):
         assert (dst / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
 
+def test_sharded_write_loads_like_the_single_file_and_as_save_pretrained_names_it(tmp_path):
+    """Oracles: from_pretrained reads both writes to the same tensors, and transformers' own save_pretrained of
+    that model at the same shard size writes the same file names and the same weight_map."""
+    from transformers import AutoModelForCausalLM
+
+    shard = 8 * 1024**2
+    init_checkpoint(tmp_path / "one", "tiny", seed=5, shard_bytes=10 * 1024**3)
+    init_checkpoint(tmp_path / "many", "tiny", seed=5, shard_bytes=shard)
+    assert not (tmp_path / "one" / "model.safetensors.index.json").exists()
+    one = AutoModelForCausalLM.from_pretrained(tmp_path / "one").state_dict()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "many")
+    many = model.state_dict()
+    assert one.keys() == many.keys()
+    for key in one:
+        assert torch.equal(one[key], many[key]), key
+    model.save_pretrained(tmp_path / "theirs", max_shard_size=shard)
+    ours = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
+    theirs = json.loads((tmp_path / "theirs" / "model.safetensors.index.json").read_text())
+    assert len(set(ours["weight_map"].values())) > 1
+    assert ours["weight_map"] == theirs["weight_map"]
+    assert ours["metadata"]["total_size"] == theirs["metadata"]["total_size"]
+
+
 @pytest.mark.parametrize(
     "preset, params",
     [("0.6b", 0.596e9), ("1.7b", 1.72e9), ("4b", 4.02e9), ("8b", 8.19e9)],

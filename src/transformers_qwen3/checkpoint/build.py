@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -80,36 +81,32 @@ def _owner_init(model):
     return owners
 
 
-def write_shards(folder: Path, tensors, shard_bytes: int = SHARD_BYTES) -> None:
-    """Write ``(name, tensor)`` pairs as safetensors shards of at most ``shard_bytes`` (+ index when several),
-    consuming the iterator lazily so only one shard is held at a time."""
-    shards, current, current_bytes, total = [], {}, 0, 0
+def write_shards(folder: Path, tensors, layout: dict, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write ``(name, tensor)`` pairs as safetensors files the way ``save_pretrained`` names them:
+    ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` shards of at most ``shard_bytes`` plus
+    ``model.safetensors.index.json``.
 
-    def flush():
-        nonlocal current, current_bytes
-        if current:
-            name = f"shard-{len(shards):05d}.safetensors"
-            save_file(current, folder / name, metadata={"format": "pt"})
-            shards.append((name, list(current)))
-            current, current_bytes = {}, 0
-
+    huggingface_hub's ``split_torch_state_dict_into_shards`` (transformers' own splitter) plans the shards from
+    ``layout`` (name → tensor, meta tensors are enough: only sizes are read). Unlike ``save_pretrained`` the pairs
+    are consumed lazily and each shard is written as soon as its last tensor arrives, so an 8B ``init`` holds
+    about one shard at a time. The index carries ``total_size`` only (transformers adds ``total_parameters``,
+    which no loader reads)."""
+    split = split_torch_state_dict_into_shards(
+        layout, filename_pattern="model{suffix}.safetensors", max_shard_size=shard_bytes
+    )
+    missing = {file: set(keys) for file, keys in split.filename_to_tensors.items()}
+    held: dict[str, dict[str, torch.Tensor]] = {file: {} for file in missing}
     for name, tensor in tensors:
-        if current_bytes and current_bytes + tensor.nbytes > shard_bytes:
-            flush()
-        current[name] = tensor.detach().contiguous()
-        current_bytes += tensor.nbytes
-        total += tensor.nbytes
-    flush()
-    if len(shards) == 1:
-        (folder / shards[0][0]).rename(folder / "model.safetensors")
-        return
-    weight_map = {}
-    for i, (name, keys) in enumerate(shards):
-        final = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        (folder / name).rename(folder / final)
-        weight_map.update(dict.fromkeys(keys, final))
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        file = split.tensor_to_filename[name]
+        held[file][name] = tensor.detach().contiguous()
+        missing[file].discard(name)
+        if not missing[file]:
+            save_file(held.pop(file), folder / file, metadata={"format": "pt"})
+    if held:  # the layout promised tensors the stream never produced: a bug, not bad input
+        raise RuntimeError(f"write_shards: no tensors for {sorted(set().union(*missing.values()))[:5]}")
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _initialised_tensors(model, owners, dtype, skip):
@@ -149,8 +146,9 @@ def init_checkpoint(
     owners = _owner_init(model)
     skip = {"lm_head.weight"} if config.tie_word_embeddings else set()
 
+    layout = {k: v.to(dtype) for k, v in model.state_dict().items() if k not in skip}  # meta: sizes only
     with atomic_folder(dst, force=force) as tmp:
-        write_shards(tmp, _initialised_tensors(model, owners, dtype, skip), shard_bytes)
+        write_shards(tmp, _initialised_tensors(model, owners, dtype, skip), layout, shard_bytes)
         _write_common(tmp, config, tokenizer)
     return Path(dst)
 
@@ -349,7 +347,8 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
                 model.model.audio_tower.load_state_dict(read_prefixed(omni_shards, OMNI_AUDIO_PREFIX), strict=True)
             # not save_pretrained: it would reverse the key mapping and write Qwen3-VL's names back
             tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-            write_shards(tmp, ((k, v) for k, v in model.state_dict().items() if k not in tied))
+            state = {k: v for k, v in model.state_dict().items() if k not in tied}
+            write_shards(tmp, state.items(), state)
             _write_common(tmp, config, tokenizer)
         write_provenance(tmp, src, audio_from, base_model)
     return Path(dst)
