@@ -149,6 +149,53 @@ def test_tables_cover_every_tensor(root):
     assert rules == used, f"rules never used: {rules - used}"
 
 
+# gguf-py's TensorNameMap has no entry for Qwen3-VL's patch merger: llama.cpp's convert_hf_to_gguf.py (class
+# Qwen3VLVisionModel) writes these MODEL_TENSOR names in code. (HF base name, gguf-py tensor, its block index)
+MERGER_NAMES_UPSTREAM_WRITES_IN_CODE = {
+    "model.visual.merger.norm": (gguf.MODEL_TENSOR.V_POST_NORM, None),
+    "model.visual.merger.linear_fc1": (gguf.MODEL_TENSOR.V_MMPROJ, 0),
+    "model.visual.merger.linear_fc2": (gguf.MODEL_TENSOR.V_MMPROJ, 2),
+}
+
+
+def _ours(table, hf_base: str, bid: int) -> str:
+    """The GGUF name our table gives ``hf_base`` at block ``bid`` (deepstack mergers keyed by list position, as
+    gguf-py's table keys them; the converter renumbers them afterwards, see tensor_map.gguf_base_name)."""
+    from transformers_qwen3.convert.tensor_map import match
+
+    m = match(table, hf_base.format(bid=bid) + ".weight")
+    return m.rule.gguf.format(bid=bid) + ".weight"
+
+
+@pytest.mark.parametrize("arch", [gguf.MODEL_ARCH.QWEN3, gguf.MODEL_ARCH.QWEN3VL])
+@pytest.mark.parametrize("hf_base", list(TEXT_TENSORS))
+def test_text_names_are_the_names_gguf_py_maps_to(arch, hf_base):
+    """Oracle: gguf-py's own HF → GGUF table for llama.cpp's qwen3 / qwen3vl architectures."""
+    n_blocks = 4
+    upstream = gguf.get_tensor_name_map(arch, n_blocks)
+    for bid in (0, n_blocks - 1):
+        hf = hf_base.format(bid=bid) + ".weight"
+        assert _ours(TEXT_TENSORS, hf_base, bid) == upstream.get_name(hf, try_suffixes=(".weight", ".bias")), hf
+
+
+@pytest.mark.parametrize("table, hf_base", [(t, k) for t in (VISION_TENSORS, AUDIO_TENSORS) for k in t])
+def test_mmproj_names_are_the_names_gguf_py_maps_to(table, hf_base):
+    """Oracle: gguf-py's mmproj table (MODEL_ARCH.MMPROJ), which knows the towers under the prefixes the released
+    checkpoints use (Qwen3-VL's ``visual.`` / ``model.visual.``, Qwen3-Omni's ``audio_tower.``); the three merger
+    tensors it lacks are checked against the MODEL_TENSOR names upstream's converter writes for them."""
+    upstream = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, 64)
+    for bid in (0, 2):
+        ours = _ours(table, hf_base, bid)
+        hf = hf_base.format(bid=bid)
+        if hf_base in MERGER_NAMES_UPSTREAM_WRITES_IN_CODE:
+            tensor, index = MERGER_NAMES_UPSTREAM_WRITES_IN_CODE[hf_base]
+            assert all(upstream.get_name(c) is None for c in (hf, hf.removeprefix("model."))), "gguf-py maps it now"
+            assert ours == gguf.TENSOR_NAMES[tensor].format(bid=index) + ".weight"
+            continue
+        names = {upstream.get_name(c) for c in (hf, hf.removeprefix("model."))} - {None}
+        assert names == {ours.removesuffix(".weight")}, f"{hf}: ours {ours}, gguf-py {names or 'no entry'}"
+
+
 # --- determinism, dry run, naming ---------------------------------------------------------------------------------
 def test_conversion_is_deterministic_and_idempotent(root, tmp_path):
     src = checkpoint(root, "mm")
