@@ -42,13 +42,12 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "bench"))
+# the same 0.6b native checkpoint as the convert bench (bench/ is on sys.path: it is the running script's folder)
+from bench_convert import make_checkpoint
+from transformers_qwen3.convert.converter import OUTTYPES
 
-from bench_convert import make_checkpoint  # noqa: E402  (the same 0.6b native checkpoint as the convert bench)
-from test_convert_fixtures import read_gguf, run_upstream, tensor_differences  # noqa: E402
-from transformers_qwen3.convert.converter import OUTTYPES  # noqa: E402
+from transformers_qwen3.runtime.llama_cpp import llama_cpp_module, load_llama
+from transformers_qwen3.runtime.upstream import read_gguf, run_upstream, tensor_differences
 
 GIB = 2**30
 MIB = 2**20
@@ -120,22 +119,13 @@ def bytes_per_token(kv: dict, tensors: dict, mean_ctx: float) -> tuple[float, bo
 
 # --- decode -------------------------------------------------------------------------------------------------------
 def load(path: Path, n_ctx: int, threads: int):
-    import llama_cpp
-
     # use_mmap=False: anonymous memory (there is no swap) stays resident while the other file is timed
-    return llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_threads=threads,
-        n_threads_batch=threads,
-        use_mmap=False,
-        verbose=False,
-    )
+    return load_llama(path, n_ctx, threads, use_mmap=False)
 
 
 def decode_tokens_per_s(llm, prompt: list[int], gen: list[int]) -> float:
     """Clear the KV cache, decode `prompt` in one batch (untimed), then time one `llama_decode` per token of `gen`."""
-    import llama_cpp
+    llama_cpp = llama_cpp_module("the decode benchmark")
 
     ctx = llm.ctx
     llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
@@ -152,7 +142,7 @@ def decode_tokens_per_s(llm, prompt: list[int], gen: list[int]) -> float:
     return len(gen) / (time.perf_counter() - t)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="0.6b", help="text preset of transformers-qwen3 init (default 0.6b)")
     parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_k_m"], choices=OUTTYPES, metavar="TYPE")
@@ -162,24 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads and bandwidth threads")
     parser.add_argument("--workdir", type=Path, help="keep checkpoint and GGUFs here, reused (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    return parser.parse_args(argv)
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-decode-"))
-    (work / "ours").mkdir(parents=True, exist_ok=True)
-    (work / "upstream").mkdir(exist_ok=True)
-    log = lambda msg: print(f"# [{time.strftime('%H:%M:%S')}] load {os.getloadavg()[0]:.1f}: {msg}", file=sys.stderr)  # noqa: E731
 
-    # fixed, spread-out token ids (llama-bench uses random ones); the same for every file and repeat
-    vocab = 151_000
-    prompt = [(1000 + 7919 * i) % vocab for i in range(args.prompt)]
-    gen = [(5000 + 104_729 * i) % vocab for i in range(args.tokens)]
-    n_ctx = args.prompt + args.tokens + 16
-    mean_ctx = args.prompt + (args.tokens + 1) / 2
+def log(msg: str) -> None:
+    print(f"# [{time.strftime('%H:%M:%S')}] load {os.getloadavg()[0]:.1f}: {msg}", file=sys.stderr)
 
-    src = make_checkpoint(work / f"qwen3-{args.preset}", args.preset, work)
+
+def prepare_files(work: Path, src: Path, types: list[str], mean_ctx: float) -> dict[str, tuple]:
+    """type → (ours, upstream, tensor differences, bytes per token, tied) for each type, files converted once."""
     files = {}
-    for outtype in args.types:
+    for outtype in types:
         t = time.perf_counter()
         ours, upstream = ours_file(src, work / "ours", outtype), upstream_file(work, src, work / "upstream", outtype)
         kv, ours_tensors = read_gguf(ours)
@@ -187,60 +170,60 @@ def main(argv: list[str] | None = None) -> int:
         files[outtype] = (ours, upstream, diffs, *bytes_per_token(kv, ours_tensors, mean_ctx))
         del ours_tensors
         log(f"{outtype}: both files in {time.perf_counter() - t:.0f} s; tensor differences: {len(diffs)}")
+    return files
 
-    import llama_cpp
 
-    system_info = llama_cpp.llama_print_system_info().decode()
-    rows = []
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as child:
-        for outtype, (ours_path, up_path, diffs, per_token, tied) in files.items():
-            paths = {"ours": ours_path, "upstream": up_path}
-            speeds = {name: [] for name in paths}
-            bandwidths, load_avg = [], []
-            for r in range(args.repeat):
-                for name in paths if r % 2 == 0 else reversed(paths):
-                    llm = load(paths[name], n_ctx, args.threads)
-                    decode_tokens_per_s(llm, prompt, gen[:8])  # warm-up: first graph build, repacking
-                    speeds[name].append(decode_tokens_per_s(llm, prompt, gen))
-                    llm.close()
-                    load_avg.append(os.getloadavg()[0])
-                bandwidths.append(child.submit(read_bandwidth, args.threads).result())
-                log(
-                    f"{outtype} repeat {r + 1}: "
-                    + ", ".join(f"{n} {s[-1]:.2f} tok/s" for n, s in speeds.items())
-                    + f", read bandwidth {bandwidths[-1] / 1e9:.2f} GB/s"
-                )
-            bandwidth = statistics.median(bandwidths)
-            ours_tok_s, up_tok_s = statistics.median(speeds["ours"]), statistics.median(speeds["upstream"])
-            rows.append(
-                {
-                    "type": outtype,
-                    "ours_tok_s": ours_tok_s,
-                    "upstream_tok_s": up_tok_s,
-                    "ratio": ours_tok_s / up_tok_s,
-                    "bytes_per_token": per_token,
-                    "bandwidth_bytes_s": bandwidth,
-                    "bound_tok_s": bandwidth / per_token,
-                    "fraction_of_bound": ours_tok_s * per_token / bandwidth,
-                    "runs": speeds,
-                    "bandwidth_runs": bandwidths,
-                    "tied_embeddings": tied,
-                    "file_bytes": [ours_path.stat().st_size, up_path.stat().st_size],
-                    "identical_tensors": not diffs,
-                    "tensor_differences": diffs[:20],
-                    "load_avg": [min(load_avg), max(load_avg)],
-                }
-            )
+def time_type(outtype: str, paths: dict[str, Path], child, args, n_ctx: int, prompt: list, gen: list) -> dict:
+    """Decode speeds of both files (alternating, each loaded afresh) and a bandwidth reading after each repeat."""
+    speeds = {name: [] for name in paths}
+    bandwidths, load_avg = [], []
+    for r in range(args.repeat):
+        for name in paths if r % 2 == 0 else reversed(paths):
+            llm = load(paths[name], n_ctx, args.threads)
+            decode_tokens_per_s(llm, prompt, gen[:8])  # warm-up: first graph build, repacking
+            speeds[name].append(decode_tokens_per_s(llm, prompt, gen))
+            llm.close()
+            load_avg.append(os.getloadavg()[0])
+        bandwidths.append(child.submit(read_bandwidth, args.threads).result())
+        got = ", ".join(f"{n} {s[-1]:.2f} tok/s" for n, s in speeds.items())
+        log(f"{outtype} repeat {r + 1}: {got}, read bandwidth {bandwidths[-1] / 1e9:.2f} GB/s")
+    return {"speeds": speeds, "bandwidths": bandwidths, "load_avg": load_avg}
 
+
+def row(outtype: str, file_info: tuple, timing: dict) -> dict:
+    ours_path, up_path, diffs, per_token, tied = file_info
+    speeds, bandwidths, load_avg = timing["speeds"], timing["bandwidths"], timing["load_avg"]
+    bandwidth = statistics.median(bandwidths)
+    ours_tok_s, up_tok_s = statistics.median(speeds["ours"]), statistics.median(speeds["upstream"])
+    return {
+        "type": outtype,
+        "ours_tok_s": ours_tok_s,
+        "upstream_tok_s": up_tok_s,
+        "ratio": ours_tok_s / up_tok_s,
+        "bytes_per_token": per_token,
+        "bandwidth_bytes_s": bandwidth,
+        "bound_tok_s": bandwidth / per_token,
+        "fraction_of_bound": ours_tok_s * per_token / bandwidth,
+        "runs": speeds,
+        "bandwidth_runs": bandwidths,
+        "tied_embeddings": tied,
+        "file_bytes": [ours_path.stat().st_size, up_path.stat().st_size],
+        "identical_tensors": not diffs,
+        "tensor_differences": diffs[:20],
+        "load_avg": [min(load_avg), max(load_avg)],
+    }
+
+
+def print_rows(rows: list[dict], args: argparse.Namespace) -> None:
     print(
         "| file type | ours tok/s | upstream tok/s | ratio ours/upstream | bytes/token (MiB) | bandwidth bound tok/s "
         "| fraction of bound | read GB/s | identical tensors |\n|---|---|---|---|---|---|---|---|---|"
     )
-    for row in rows:
+    for r in rows:
         print(
-            f"| {row['type'].upper()} | {row['ours_tok_s']:.2f} | {row['upstream_tok_s']:.2f} | {row['ratio']:.3f} "
-            f"| {row['bytes_per_token'] / MIB:.1f} | {row['bound_tok_s']:.2f} | {row['fraction_of_bound']:.2f} "
-            f"| {row['bandwidth_bytes_s'] / 1e9:.1f} | {row['identical_tensors']} |"
+            f"| {r['type'].upper()} | {r['ours_tok_s']:.2f} | {r['upstream_tok_s']:.2f} | {r['ratio']:.3f} "
+            f"| {r['bytes_per_token'] / MIB:.1f} | {r['bound_tok_s']:.2f} | {r['fraction_of_bound']:.2f} "
+            f"| {r['bandwidth_bytes_s'] / 1e9:.1f} | {r['identical_tensors']} |"
         )
     print(
         f"\n{args.preset}, {args.threads} threads: {args.prompt}-token prompt, then {args.tokens} timed single-token "
@@ -248,16 +231,31 @@ def main(argv: list[str] | None = None) -> int:
         f"best-of-7 {args.threads}-thread sums of 1 GiB taken after each repeat; load average during decode "
         f"{min(r['load_avg'][0] for r in rows):.1f}-{max(r['load_avg'][1] for r in rows):.1f}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-decode-"))
+    (work / "ours").mkdir(parents=True, exist_ok=True)
+    (work / "upstream").mkdir(exist_ok=True)
+    # fixed, spread-out token ids (llama-bench uses random ones); the same for every file and repeat
+    vocab = 151_000
+    prompt = [(1000 + 7919 * i) % vocab for i in range(args.prompt)]
+    gen = [(5000 + 104_729 * i) % vocab for i in range(args.tokens)]
+    n_ctx = args.prompt + args.tokens + 16
+    src = make_checkpoint(work / f"qwen3-{args.preset}", args.preset, work)
+    files = prepare_files(work, src, args.types, mean_ctx=args.prompt + (args.tokens + 1) / 2)
+    system_info = llama_cpp_module("the decode benchmark").llama_print_system_info().decode()
+    rows = []
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as child:
+        for outtype, info in files.items():
+            timing = time_type(outtype, {"ours": info[0], "upstream": info[1]}, child, args, n_ctx, prompt, gen)
+            rows.append(row(outtype, info, timing))
+    print_rows(rows, args)
     if args.json:
-        result = {
-            "preset": args.preset,
-            "threads": args.threads,
-            "tokens": args.tokens,
-            "prompt": args.prompt,
-            "repeat": args.repeat,
-            "system_info": system_info,
-            "rows": rows,
-        }
+        keys = ("preset", "threads", "tokens", "prompt", "repeat")
+        result = {**{k: getattr(args, k) for k in keys}, "system_info": system_info, "rows": rows}
         args.json.write_text(json.dumps(result, indent=2))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

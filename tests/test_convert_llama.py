@@ -101,6 +101,24 @@ def test_verify_cli(root, tmp_path, capsys):
     assert "PASS  tokenizer" in out and "PASS  text_logits" in out
 
 
+def test_logit_metrics_match_torch():
+    """runtime.metrics (verify's criteria and bench_quality's table) against torch's own KL, softmax and argmax."""
+    from transformers_qwen3.runtime.metrics import compare_logits
+
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(6, 50, generator=gen, dtype=torch.float64) * 4
+    got = ref + torch.randn(6, 50, generator=gen, dtype=torch.float64)
+    got[0] = ref[0]  # one position identical: top-1 agrees there for sure
+    m = compare_logits([ref[:2].numpy(), ref[2:].numpy()], [got[:2].numpy(), got[2:].numpy()])
+    log_p, log_q = ref.log_softmax(-1), got.log_softmax(-1)
+    kl = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)  # KL(p ‖ q) per row
+    assert m["positions"] == 6
+    assert abs(m["kl_mean"] - float(kl.mean())) < 1e-12 and abs(m["kl_max"] - float(kl.max())) < 1e-12, (m, kl)
+    assert m["top1_agreement"] == float((ref.argmax(-1) == got.argmax(-1)).double().mean())
+    assert abs(m["rel_err"] - float(torch.linalg.norm(got - ref) / torch.linalg.norm(ref))) < 1e-12
+    assert m["max_abs_diff"] == float((got - ref).abs().max())
+
+
 # --- media: mtmd's embeddings vs our towers (our layout, vision + audio in one mmproj) --------------------------
 def _media_check(root, outtype, check):
     """One verify check on our multimodal fixture, converted once per type for all the media tests."""

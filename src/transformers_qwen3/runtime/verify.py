@@ -29,7 +29,6 @@ llama-cpp-python installed (`MissingDependencyError` naming `make llama-cpp`).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import json
 import math
@@ -45,8 +44,9 @@ import torch
 
 from ..convert.errors import ConversionError, GGUFFileError
 from ..convert.tensor_map import TEXT_TENSORS, hf_name
-from ..errors import MissingDependencyError
 from ..formats.folder import LAYOUTS, open_checkpoint, validate_folder
+from .llama_cpp import LlamaCppModel, llama_cpp_module, prompt_logits, tokenize
+from .metrics import compare_logits
 
 # Fixed prompts: plain text, Chinese, code, and a chat turn with special tokens.
 PROMPTS = (
@@ -96,48 +96,6 @@ class Context:
         return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in self.prompts]
 
 
-# --- llama.cpp side -----------------------------------------------------------------------------------------------
-def _llama_cpp():
-    try:
-        import llama_cpp
-    except (ImportError, OSError) as e:  # OSError: the package is there but its shared library will not load
-        raise MissingDependencyError(
-            "llama-cpp-python (the patched 0.3.36 build)", "make llama-cpp", "verify (it runs the GGUF in llama.cpp)"
-        ) from e
-    return llama_cpp
-
-
-def _llama(path: Path, n_ctx: int, n_threads: int):
-    llama_cpp = _llama_cpp()
-    return llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_ubatch=n_ctx,
-        logits_all=True,
-        type_k=llama_cpp.GGML_TYPE_F32,
-        type_v=llama_cpp.GGML_TYPE_F32,
-        n_threads=n_threads,
-        n_threads_batch=n_threads,
-        verbose=False,
-    )
-
-
-def llama_logits(path: Path, token_ids: list[list[int]], n_threads: int) -> list[np.ndarray]:
-    """Logits at every position, one [n_tokens, n_vocab] array per prompt (fresh KV cache each)."""
-    n_ctx = max(32, max(len(t) for t in token_ids))
-    llm = _llama(path, n_ctx, n_threads)
-    try:
-        out = []
-        for ids in token_ids:
-            llm.reset()
-            llm.eval(ids)
-            out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-        return out
-    finally:
-        llm.close()
-
-
 # --- transformers side --------------------------------------------------------------------------------------------
 def load_transformers_model(folder: Path):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -178,25 +136,7 @@ def transformers_logits(model, token_ids: list[list[int]]) -> list[np.ndarray]:
     return out
 
 
-# --- metrics ------------------------------------------------------------------------------------------------------
-def compare_logits(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
-    r = np.concatenate(ref).astype(np.float64)
-    g = np.concatenate(got).astype(np.float64)
-    rel = float(np.linalg.norm(g - r) / np.linalg.norm(r))
-    top1 = float(np.mean(r.argmax(-1) == g.argmax(-1)))
-    log_p = r - np.logaddexp.reduce(r, axis=-1, keepdims=True)
-    log_q = g - np.logaddexp.reduce(g, axis=-1, keepdims=True)
-    kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
-    return {
-        "rel_err": rel,
-        "max_abs_diff": float(np.max(np.abs(g - r))),
-        "top1_agreement": top1,
-        "kl_mean": float(np.mean(kl)),
-        "kl_max": float(np.max(kl)),
-        "positions": int(r.shape[0]),
-    }
-
-
+# --- GGUF files -------------------------------------------------------------------------------------------------------
 def read_gguf(path: Path) -> gguf.GGUFReader:
     """gguf-py's reader over `path`, its errors on a truncated or corrupt file turned into one `GGUFFileError`.
 
@@ -237,16 +177,8 @@ def file_type_name(path: Path) -> str:
 
 # --- checks -------------------------------------------------------------------------------------------------------
 def check_tokenizer(ctx: Context) -> Result:
-    llama_cpp = _llama_cpp()
-    llm = llama_cpp.Llama(model_path=str(ctx.gguf), vocab_only=True, verbose=False)
-    try:
-        mismatches = []
-        for prompt, ids in zip(ctx.prompts, ctx.token_ids(), strict=True):
-            got = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-            if list(got) != list(ids):
-                mismatches.append(prompt[:30])
-    finally:
-        llm.close()
+    theirs = tokenize(ctx.gguf, list(ctx.prompts))
+    mismatches = [p[:30] for p, ids, got in zip(ctx.prompts, ctx.token_ids(), theirs, strict=True) if got != list(ids)]
     ok = not mismatches
     summary = f"{len(ctx.prompts)} prompts tokenized identically" if ok else f"differs on {mismatches}"
     return Result("tokenizer", ok, summary, {"mismatches": mismatches})
@@ -264,7 +196,7 @@ def check_text_logits(ctx: Context) -> Result:
             raise ConversionError(f"GGUF weights do not fit {ctx.model}: missing {text_missing}, extra {unexpected}")
     ref = transformers_logits(model, ids)
     del model
-    got = llama_logits(ctx.gguf, ids, ctx.n_threads)
+    got = prompt_logits(ctx.gguf, ids, ctx.n_threads)
     m = compare_logits(ref, got)
     m["file_type"] = ftype
     if ftype == "F32":
@@ -309,71 +241,9 @@ def synthetic_audio(seconds: float) -> np.ndarray:
     return (tone + 0.05 * rng.normal(size=t.shape)).astype(np.float32)
 
 
-class Mtmd:
-    """An mtmd context over the text GGUF + mmproj; `embed` returns the rows mtmd hands the text model."""
-
-    def __init__(self, ctx: Context):
-        llama_cpp = _llama_cpp()
-        from llama_cpp import mtmd_cpp
-
-        self.llama_cpp, self.mtmd = llama_cpp, mtmd_cpp
-        self.llm = llama_cpp.Llama(model_path=str(ctx.gguf), n_ctx=512, n_threads=ctx.n_threads, verbose=False)
-        params = mtmd_cpp.mtmd_context_params_default()
-        params.use_gpu = False
-        params.n_threads = ctx.n_threads
-        params.print_timings = False
-        params.warmup = False
-        self.model = self.llm._model.model
-        self.ctx = mtmd_cpp.mtmd_init_from_file(str(ctx.mmproj).encode(), self.model, params)
-        if not self.ctx:
-            self.llm.close()
-            raise ConversionError(f"mtmd could not load {ctx.mmproj.name} with {ctx.gguf.name} (llama.cpp log above)")
-        self.n_embd_inp = llama_cpp.llama_model_n_embd_inp(self.model)
-
-    def close(self) -> None:
-        self.mtmd.mtmd_free(self.ctx)
-        self.llm.close()
-
-    def embed(self, bitmap) -> np.ndarray:
-        """[n_tokens, n_embd_inp] for one image / audio bitmap (freed here)."""
-        m = self.mtmd
-        marker = m.mtmd_default_marker()
-        text = m.mtmd_input_text(marker, len(marker), False, True)
-        chunks = m.mtmd_input_chunks_init()
-        try:
-            bitmaps = (m.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            if m.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
-                raise ConversionError("mtmd_tokenize failed")
-            media = [
-                m.mtmd_input_chunks_get(chunks, i)
-                for i in range(m.mtmd_input_chunks_size(chunks))
-                if m.mtmd_input_chunk_get_type(m.mtmd_input_chunks_get(chunks, i)) != m.MTMD_INPUT_CHUNK_TYPE_TEXT
-            ]
-            # long audio arrives as several chunks (one per attention window): encode each, in order
-            rows = []
-            for chunk in media:
-                n_tokens = m.mtmd_input_chunk_get_n_tokens(chunk)
-                if m.mtmd_encode_chunk(self.ctx, chunk) != 0:
-                    raise ConversionError("mtmd_encode_chunk failed")
-                ptr = m.mtmd_get_output_embd(self.ctx)
-                # copy now: the next chunk's encode reuses (and may reallocate) mtmd's output buffer
-                view = np.ctypeslib.as_array(ptr, shape=(n_tokens * self.n_embd_inp,))
-                rows.append(view.reshape(n_tokens, -1).copy())
-            return np.concatenate(rows)
-        finally:
-            m.mtmd_input_chunks_free(chunks)
-            m.mtmd_bitmap_free(bitmap)
-
-    def image_bitmap(self, image):
-        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-        data = rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-        return self.mtmd.mtmd_bitmap_init(image.width, image.height, data)
-
-    def audio_bitmap(self, samples: np.ndarray):
-        samples = np.ascontiguousarray(samples, dtype=np.float32)
-        return self.mtmd.mtmd_bitmap_init_from_audio(
-            len(samples), samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        )
+def _mtmd(ctx: Context) -> LlamaCppModel:
+    """The text GGUF + mmproj in llama.cpp, as the media checks open them (n_ctx 512)."""
+    return LlamaCppModel(ctx.gguf, ctx.mmproj, ctx.n_threads)
 
 
 def _embd_limit(mmproj: Path) -> float:
@@ -402,11 +272,8 @@ def check_image_embeddings(ctx: Context) -> Result:
     main = torch.cat(out.pooler_output)
     deepstack = [torch.cat(features) for features in out.deepstack_features]
     ref = torch.cat([main, *deepstack], dim=-1).float().numpy()
-    mtmd = Mtmd(ctx)
-    try:
-        got = mtmd.embed(mtmd.image_bitmap(image))
-    finally:
-        mtmd.close()
+    with _mtmd(ctx) as llama:
+        got = llama.embed(llama.image_bitmap(image))
     limit = _embd_limit(ctx.mmproj)
     m = {
         "tokens_ours": ref.shape[0],
@@ -429,7 +296,7 @@ def check_image_embeddings(ctx: Context) -> Result:
 
 def check_audio_embeddings(ctx: Context) -> Result:
     model, encoder = _our_model_and_encoder(ctx)
-    mtmd = Mtmd(ctx)
+    llama = _mtmd(ctx)
     limit = _embd_limit(ctx.mmproj)
     per_clip, ok, parts = {}, True, []
     try:
@@ -439,7 +306,7 @@ def check_audio_embeddings(ctx: Context) -> Result:
             with torch.no_grad():
                 out = model.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
             ref = out.last_hidden_state.float().numpy()  # [n_tokens, hidden], as Qwen3-Omni's
-            got = mtmd.embed(mtmd.audio_bitmap(samples))
+            got = llama.embed(llama.audio_bitmap(samples))
             entry = {"tokens_ours": ref.shape[0], "tokens_mtmd": got.shape[0]}
             if got.shape[0] != ref.shape[0] or got.shape[1] < ref.shape[1]:
                 ok = False
@@ -454,7 +321,7 @@ def check_audio_embeddings(ctx: Context) -> Result:
                 parts.append(f"{seconds} s: {ref.shape[0]} tokens, relative error {entry['rel_err']:.2e}")
             per_clip[f"{seconds}s"] = entry
     finally:
-        mtmd.close()
+        llama.close()
     return Result("audio_embeddings", ok, "; ".join(parts) + f" (limit {limit:.0e})", per_clip)
 
 
@@ -466,11 +333,6 @@ GENERATION_PROMPTS = (
     ("audio+text", ("audio",), "What do you hear?"),
     ("image+audio+text", ("image", "audio"), "Describe the picture and the sound."),
 )
-# the media blocks our chat template writes; mtmd writes the start/end tokens itself around its marker
-_MEDIA_BLOCKS = {
-    "image": "<|vision_start|><|image_pad|><|vision_end|>",
-    "audio": "<|audio_start|><|audio_pad|><|audio_end|>",
-}
 
 
 def _processor(folder: Path):
@@ -482,47 +344,6 @@ def _processor(folder: Path):
     if (folder / "processor_config.json").is_file():
         return Qwen3MultimodalProcessor.from_pretrained(folder)
     return Qwen3MultimodalProcessor(tokenizer=AutoTokenizer.from_pretrained(folder))
-
-
-def _llama_greedy(mtmd: Mtmd, prompt: str, bitmaps: list, n_new: int) -> tuple[list[int], int, np.ndarray]:
-    """Evaluate the prompt's chunks with mtmd, then decode greedily.
-
-    Returns (new tokens, prompt length, logits at the prompt's last position)."""
-    llama_cpp, m = mtmd.llama_cpp, mtmd.mtmd
-    lctx = mtmd.llm._ctx.ctx
-    text = m.mtmd_input_text(prompt.encode(), len(prompt.encode()), False, True)
-    chunks = m.mtmd_input_chunks_init()
-    try:
-        arr = (m.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-        if m.mtmd_tokenize(mtmd.ctx, chunks, ctypes.byref(text), arr, len(bitmaps)) != 0:
-            raise ConversionError("mtmd_tokenize failed")
-        n_prompt = m.mtmd_helper_get_n_tokens(chunks)
-        n_past = llama_cpp.llama_pos(0)
-        if m.mtmd_helper_eval_chunks(mtmd.ctx, lctx, chunks, 0, 0, 512, True, ctypes.byref(n_past)) != 0:
-            raise ConversionError("mtmd_helper_eval_chunks failed")
-    finally:
-        m.mtmd_input_chunks_free(chunks)
-        for b in bitmaps:
-            m.mtmd_bitmap_free(b)
-    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(mtmd.model))
-    pos, out, first = n_past.value, [], None
-    batch = llama_cpp.llama_batch_init(1, 0, 1)
-    try:
-        for _ in range(n_new):
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(lctx, -1), shape=(n_vocab,))
-            if first is None:
-                first = logits.copy()
-            token = int(np.argmax(logits))
-            out.append(token)
-            batch.n_tokens = 1
-            batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.logits[0] = token, pos, 1, 1
-            batch.seq_id[0][0] = 0
-            if llama_cpp.llama_decode(lctx, batch) != 0:
-                raise ConversionError("llama_decode failed")
-            pos += 1
-    finally:
-        llama_cpp.llama_batch_free(batch)
-    return out, n_prompt, first
 
 
 def check_generation(ctx: Context) -> Result:
@@ -549,15 +370,11 @@ def check_generation(ctx: Context) -> Result:
             )
         ours = generated[0, inputs["input_ids"].shape[1] :].tolist()
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        mtmd = Mtmd(ctx)
-        try:
-            marker = mtmd.mtmd.mtmd_default_marker().decode()
-            for kind in kinds:
-                prompt = prompt.replace(_MEDIA_BLOCKS[kind], marker, 1)
-            bitmaps = [mtmd.image_bitmap(image) if k == "image" else mtmd.audio_bitmap(audio) for k in kinds]
-            theirs, n_prompt, their_last = _llama_greedy(mtmd, prompt, bitmaps, GENERATION_TOKENS)
-        finally:
-            mtmd.close()
+        with _mtmd(ctx) as llama:
+            prompt = llama.media_prompt(prompt, kinds)
+            bitmaps = [llama.image_bitmap(image) if k == "image" else llama.audio_bitmap(audio) for k in kinds]
+            # min_new_tokens on our side: both decode exactly GENERATION_TOKENS, end-of-generation included
+            theirs, n_prompt, their_last = llama.answer(prompt, bitmaps, GENERATION_TOKENS, stop_at_eog=False)
         same = ours == theirs and n_prompt == inputs["input_ids"].shape[1]
         rel = _rel(their_last, last)
         ok &= same and rel <= limit
@@ -624,7 +441,9 @@ def verify(
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise ConversionError(f"unknown check(s) {unknown}; choose from {list(CHECKS)}")
-    _llama_cpp()  # every check runs llama.cpp: say it is missing before the first one loads anything
+    llama_cpp_module(
+        "verify (it runs the GGUF in llama.cpp)"
+    )  # every check runs llama.cpp: say it is missing before the first one loads anything
     return [CHECKS[n][0](ctx) for n in names]
 
 
