@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 
 from transformers_qwen3.checkpoint.build import init_checkpoint
 from transformers_qwen3.cli import main
-from transformers_qwen3.training.finetune import (
+from transformers_qwen3.training.data import (
     IGNORE_INDEX,
     ChatCollator,
     ChatEncoder,
-    assistant_mask,
+    DataError,
     parse_record,
     read_chat_jsonl,
 )
@@ -73,30 +73,62 @@ def finetune(*args):
 # ---- labels --------------------------------------------------------------------------------------------------------
 
 
-def test_assistant_mask_covers_answer_and_end_token():
-    #          <s> assistant \n  a  b  </s> \n <s> user \n q </s>
-    ids = [1, 2, 9, 5, 6, 3, 9, 1, 7, 9, 8, 3]
-    assert assistant_mask(ids, header=[1, 2], end_id=3) == [False] * 3 + [True] * 3 + [False] * 6
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+# multi-turn chats beyond text_records(): reasoning (both spellings), tool calls and their results
+MORE_CHATS = [
+    [
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "<think>\nadd\n</think>\n\n2"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "add again"},
+    ],
+    [
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
+        {"role": "tool", "content": "18C"},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "18C and sunny.", "reasoning_content": "read the results"},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "", "tool_calls": [CALL, CALL]},
+    ],
+]
 
 
 def test_labels_are_exactly_the_assistant_spans_of_the_chat_template(qwen3_tokenizer, tmp_path):
-    """Oracle: the character spans the template renders for assistant turns, mapped to tokens by offsets."""
+    """Oracle: the character spans the template renders for assistant turns (after ``<|im_start|>assistant\\n``
+    through ``<|im_end|>``), mapped to tokens by their offsets."""
     tok = qwen3_tokenizer
     encoder = ChatEncoder(tok)
-    for n, raw in enumerate(text_records()):
-        record = parse_record(raw, tmp_path, f"record {n}")
+    chats = [r["messages"] for r in text_records()] + MORE_CHATS
+    for n, messages in enumerate(chats):
+        record = parse_record({"messages": messages}, tmp_path, f"record {n}")
         example = encoder(record)
         text = tok.apply_chat_template(record.messages, tokenize=False)
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, media_tags=False)
         assert example["input_ids"].tolist() == enc["input_ids"]
         spans = [m.span(1) for m in re.finditer(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>)", text, re.S)]
+        assert len(spans) == sum(m["role"] == "assistant" for m in messages)
         expected = [any(s <= a and b <= e for s, e in spans) for a, b in enc["offset_mapping"]]
         got = (example["labels"] != IGNORE_INDEX).tolist()
         assert got == expected, f"record {n}: label mask differs from the template's assistant spans"
         labelled = tok.decode(example["input_ids"][example["labels"] != IGNORE_INDEX])
         assert labelled == "".join(text[s:e] for s, e in spans)
-    # the final turn includes Qwen3's empty think block; earlier assistant turns do not
-    assert labelled == "blue<|im_end|><think>\n\n</think>\n\ngreen<|im_end|>"
+        if n == len(text_records()) - 1:
+            # the final turn includes Qwen3's empty think block; earlier assistant turns do not
+            assert labelled == "blue<|im_end|><think>\n\n</think>\n\ngreen<|im_end|>"
+
+
+def test_assistant_turns_cannot_hold_media(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    raw = {
+        "messages": [
+            {"role": "user", "content": "draw"},
+            {"role": "assistant", "content": [{"type": "image", "image": "a.png"}]},
+        ]
+    }
+    with pytest.raises(DataError, match="assistant turns hold text only"):
+        parse_record(raw, tmp_path, "x:1")
 
 
 def test_collator_pads_right_with_ignored_labels():
@@ -108,6 +140,10 @@ def test_collator_pads_right_with_ignored_labels():
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    left = ChatCollator(pad_id=0, padding_side="left")(examples)
+    assert left["input_ids"].tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert left["labels"].tolist() == [[-100, 2, 3], [-100, -100, 4]]
+    assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 # ---- training ------------------------------------------------------------------------------------------------------
@@ -184,7 +220,7 @@ def test_multimodal_records_get_assistant_only_labels(synthetic_data, qwen3_toke
     from transformers_qwen3.checkpoint.hub_folder import default_processor
     from transformers_qwen3.checkpoint.presets import preset_config
     from transformers_qwen3.remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
-    from transformers_qwen3.training.finetune import media_policy_for
+    from transformers_qwen3.training.data import media_policy_for
 
     records = read_chat_jsonl(synthetic_data / "train.jsonl")
     assert [r.media for r in records] == [("image",), ("audio",)]
@@ -200,6 +236,22 @@ def test_multimodal_records_get_assistant_only_labels(synthetic_data, qwen3_toke
     batch = ChatCollator()(examples)
     assert {"pixel_values", "image_grid_thw", "input_features", "feature_attention_mask"} <= batch.keys()
     assert batch["input_ids"].shape[0] == 2 and batch["input_features"].shape[0] == 1
+
+    # media between assistant turns: every turn's labels survive the expansion of the placeholders around them.
+    # Oracle: the assistant spans of the chat as the template renders it (the spans hold no media).
+    image_turn, audio_turn = records[0].messages[0], records[1].messages[0]
+    messages = [
+        image_turn,
+        {"role": "assistant", "content": "first"},
+        audio_turn,
+        {"role": "assistant", "content": "x"},
+    ]
+    example = encoder(parse_record({"messages": messages}, synthetic_data, "chat"))
+    text = qwen3_tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = re.findall(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>)", text, re.S)
+    labelled = qwen3_tokenizer.decode(example["input_ids"][example["labels"] != IGNORE_INDEX])
+    assert labelled == "".join(spans) == "first<|im_end|><think>\n\n</think>\n\nx<|im_end|>"
+    assert (example["input_ids"] == 151655).sum() > 1 and (example["input_ids"] == 151675).sum() > 1  # expanded
 
 
 @pytest.mark.slow

@@ -1,15 +1,7 @@
 """``transformers-qwen3 finetune MODEL DATA.jsonl OUT``: LoRA (default) or full fine-tuning with transformers' Trainer.
 
-Data: one JSON object per line with ``"messages"`` in chat format (``role`` + ``content``, a string or a list of
-parts). Media parts (``{"type": "image", "image": "images/a.png"}``, ``audio``, ``video``, ``image_url``,
-``input_audio``) name files relative to the JSONL's folder; other keys of a record (e.g. ``"meta"``) are ignored.
-Text-only records are tokenized with the chat template; records with media go through
-``Qwen3MultimodalProcessor.apply_chat_template``, which loads the files and expands the placeholders.
-
-Loss on assistant tokens only: for every assistant turn, the tokens after ``<|im_start|>assistant\\n`` through its
-closing ``<|im_end|>`` (so the model learns to stop) carry labels; everything else is -100. That span is exactly
-what the chat template renders for the turn, including Qwen3's empty ``<think>\\n\\n</think>\\n\\n`` block on the final
-turn.
+The data (chat JSONL, media parts, assistant-only labels) is :mod:`transformers_qwen3.training.data`'s; this module
+is the run: the checks before training, the model (with peft's LoRA), the Trainer and the outputs.
 
 Outputs (each written to a temporary folder and renamed into place at the end):
 
@@ -19,8 +11,8 @@ Outputs (each written to a temporary folder and renamed into place at the end):
 - ``OUT/finetune.json``: settings, step counts, trainable parameters and the Trainer's log.
 
 Checkpoints go to ``OUT.checkpoints/`` (``--checkpoint-dir``) every ``--save-steps``; ``--resume`` continues from the
-latest one (or ``--resume CKPT``). Weights train in float32 (``--bf16`` turns on bf16 autocast on GPUs); outputs are
-written in the dtype the source checkpoint's safetensors store.
+latest one (transformers' ``get_last_checkpoint``) or from ``--resume CKPT``. Weights train in float32 (``--bf16``
+turns on bf16 autocast on GPUs); outputs are written in the dtype the source checkpoint's safetensors store.
 
 Everything is checked before training starts: the outputs, MODEL (``validate_folder``, the check every verb runs), and
 every record of the data, each encoded once by the tokenizer or processor exactly as the data loader will encode it,
@@ -37,292 +29,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FolderError, OutputError, UserError
+from .data import PAD_FALLBACK, ChatCollator, ChatDataset, ChatEncoder, DataError, media_policy_for, read_chat_jsonl
 
-IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant", "tool")
-# content-part type -> media kind (as the processor and chat template name them)
-MEDIA_PARTS = {"image": "image", "image_url": "image", "video": "video", "audio": "audio", "input_audio": "audio"}
-TEXT_PARTS = ("text",)
-_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*:")
-PAD_FALLBACK = 151643  # <|endoftext|>, Qwen3's pad token
-MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
-AUDIO_KEYS = ("input_features", "feature_attention_mask")
-
-
-class DataError(UserError, ValueError):
-    """A training record that cannot be used; the message names the file and line."""
+LORA_TARGETS = ("attention-qv", "attention")
 
 
 class FinetuneUsageError(UserError, ValueError):
     """Options that do not go together, or a --resume checkpoint that is not one."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Reading chat JSONL
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatRecord:
-    where: str  # "path:line" for error messages
-    messages: list
-    media: tuple[str, ...]  # kinds of the media parts, in order
-    files: tuple[Path, ...]  # local media files the record names (resolved)
-
-
-def _resolve_source(source, root: Path, where: str, files: list):
-    """A local relative path becomes absolute (relative to the JSONL's folder) and must exist; URLs, data URIs and
-    in-memory media pass through."""
-    if not isinstance(source, str) or _SCHEME_RE.match(source):
-        return source
-    path = Path(source).expanduser()
-    path = path if path.is_absolute() else root / path
-    if not path.is_file():
-        raise DataError(
-            f"{where}: media file {source!r} not found (looked at {path}); paths are relative to the "
-            f"JSONL file's folder."
-        )
-    files.append(path.resolve())
-    return str(path.resolve())
-
-
-def _resolve_part(part: dict, root: Path, where: str, files: list) -> dict:
-    part = dict(part)
-    kind = part["type"]
-    if kind == "image_url":
-        url = part.get("image_url")
-        if isinstance(url, dict):
-            part["image_url"] = {**url, "url": _resolve_source(url.get("url"), root, where, files)}
-        else:
-            part["image_url"] = _resolve_source(url, root, where, files)
-        return part
-    if kind == "input_audio":
-        return part  # base64 data inline
-    for key in (kind, "url", "path"):
-        if part.get(key) is not None:
-            part[key] = _resolve_source(part[key], root, where, files)
-            return part
-    raise DataError(
-        f"{where}: a {kind!r} part needs its source under {kind!r}, 'url' or 'path' "
-        f'(e.g. {{"type": "{kind}", "{kind}": "{kind}s/a.{"png" if kind == "image" else "wav"}"}}).'
-    )
-
-
-def parse_record(obj, root: Path, where: str) -> ChatRecord:
-    example = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
-    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
-        raise DataError(f'{where}: expected an object with a non-empty "messages" list, like {example}.')
-    messages, kinds, files = [], [], []
-    for i, message in enumerate(obj["messages"]):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise DataError(f"{where}: message {i} needs a 'role' from {', '.join(ROLES)}.")
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if isinstance(part, str):
-                    parts.append({"type": "text", "text": part})
-                    continue
-                if not isinstance(part, dict) or part.get("type") not in (*MEDIA_PARTS, *TEXT_PARTS):
-                    raise DataError(
-                        f"{where}: message {i} has a content part that is not one of "
-                        f"{', '.join((*TEXT_PARTS, *MEDIA_PARTS))} (got {part!r:.80})."
-                    )
-                if part["type"] in MEDIA_PARTS:
-                    kinds.append(MEDIA_PARTS[part["type"]])
-                    part = _resolve_part(part, root, where, files)
-                parts.append(part)
-            message = {**message, "content": parts}
-        elif content is not None and not isinstance(content, str):
-            raise DataError(f"{where}: message {i}'s content must be a string or a list of parts.")
-        messages.append(message)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: the record has no assistant message, so there is nothing to learn from it.")
-    return ChatRecord(where, messages, tuple(kinds), tuple(files))
-
-
-def read_chat_jsonl(path) -> list[ChatRecord]:
-    """Parse and validate every line now (bad records fail before any training starts)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file (expected chat-format JSONL, one record per line).")
-    root = path.resolve().parent
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8.") from err
-    records = []
-    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from err
-        records.append(parse_record(obj, root, f"{path}:{n}"))
-    if not records:
-        raise DataError(f"{path} holds no records.")
-    return records
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Encoding: ids + assistant-only labels
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def assistant_mask(ids: list[int], header: list[int], end_id: int) -> list[bool]:
-    """True on the tokens of every assistant turn: after ``header`` (``<|im_start|>assistant``) and the newline token
-    that follows it, through the turn's ``end_id`` (``<|im_end|>``) inclusive."""
-    mask = [False] * len(ids)
-    n, i = len(header), 0
-    while i < len(ids):
-        if ids[i : i + n] != header:
-            i += 1
-            continue
-        j = i + n + 1  # the template writes "assistant\n"; the newline is one token (BPE never merges it left)
-        while j < len(ids) and ids[j] != end_id:
-            mask[j] = True
-            j += 1
-        if j < len(ids):
-            mask[j] = True  # <|im_end|>: the model learns to stop
-        i = j + 1
-    return mask
-
-
-class ChatEncoder:
-    """Chat record -> ``input_ids``, ``labels`` (assistant tokens only) and, for media records, the processor's
-    media tensors (``pixel_values`` / ``image_grid_thw``, ``input_features`` / ``feature_attention_mask`` ...)."""
-
-    def __init__(self, tokenizer, processor=None, max_length: int = 4096, media_policy=None):
-        self.tokenizer = tokenizer
-        self.processor = processor
-        self.max_length = max_length
-        self.media_policy = media_policy
-        self.header = [
-            tokenizer.convert_tokens_to_ids("<|im_start|>"),
-            *tokenizer.encode("assistant", add_special_tokens=False),
-        ]
-        self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-    def __call__(self, record: ChatRecord) -> dict:
-        import torch
-
-        features = {}
-        if record.media:
-            if self.processor is None:
-                raise DataError(
-                    f"{record.where}: the record has {'/'.join(sorted(set(record.media)))} parts but "
-                    f"the model has no processor for them (a text-only model?)."
-                )
-            from ..remote.media_qwen3_multimodal import MediaError
-
-            try:
-                out = self.processor.apply_chat_template(
-                    record.messages,
-                    tokenize=True,
-                    return_dict=True,
-                    return_tensors="pt",
-                    media_policy=self.media_policy,
-                )
-            except MediaError as err:  # a bad media part or inline tag, placeholder counts: the record's fault
-                raise DataError(f"{record.where}: {' '.join(str(err).split())}") from err
-            ids = out["input_ids"][0].tolist()
-            features = {k: v for k, v in out.items() if k in MEDIA_KEYS + AUDIO_KEYS}
-        else:
-            text = self.tokenizer.apply_chat_template(record.messages, tokenize=False)
-            ids = self.tokenizer(text, add_special_tokens=False, media_tags=False)["input_ids"]
-        if len(ids) > self.max_length:
-            raise DataError(
-                f"{record.where}: the record is {len(ids)} tokens long, over --max-length "
-                f"{self.max_length}; shorten it or raise --max-length (records are never truncated: "
-                f"that could cut an answer or a media placeholder apart)."
-            )
-        mask = assistant_mask(ids, self.header, self.end_id)
-        labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), **features}
-
-
-class ChatDataset:
-    """Map-style dataset. Every record is encoded once up front, by the same encoder the data loader uses, so a bad
-    record fails before training starts (its media loaded and its inline tags parsed by the processor itself, its
-    length checked); text-only encodings are kept, media records are encoded again when the data loader asks for
-    them (images and audio are not held in memory)."""
-
-    def __init__(self, records: list[ChatRecord], encoder: ChatEncoder):
-        self.records = records
-        self.encoder = encoder
-        self.cache = {}
-        for i, record in enumerate(records):
-            encoded = encoder(record)
-            if not record.media:
-                self.cache[i] = encoded
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, index):
-        cached = self.cache.get(index)
-        return cached if cached is not None else self.encoder(self.records[index])
-
-
-@dataclass
-class ChatCollator:
-    """Right-pads ids (pad id) / labels (-100) / attention mask (0), and concatenates media tensors in example order
-    (the model fills placeholders in order). Audio features are padded to the longest clip."""
-
-    pad_id: int = PAD_FALLBACK
-
-    def __call__(self, examples: list[dict]) -> dict:
-        import torch
-
-        longest = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), longest), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            input_ids[row, :n] = example["input_ids"]
-            labels[row, :n] = example["labels"]
-            attention_mask[row, :n] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        for key in MEDIA_KEYS:
-            parts = [e[key] for e in examples if key in e]
-            if parts:
-                batch[key] = torch.cat(parts)
-        clips = [e for e in examples if "input_features" in e]
-        if clips:
-            frames = max(e["input_features"].shape[-1] for e in clips)
-            pad = [
-                torch.nn.functional.pad(e["input_features"], (0, frames - e["input_features"].shape[-1]))
-                for e in clips
-            ]
-            masks = [
-                torch.nn.functional.pad(
-                    e["feature_attention_mask"], (0, frames - e["feature_attention_mask"].shape[-1])
-                )
-                for e in clips
-            ]
-            batch["input_features"] = torch.cat(pad)
-            batch["feature_attention_mask"] = torch.cat(masks)
-        return batch
-
-
-def media_policy_for(records: list[ChatRecord]):
-    """The media loader may read the files the JSONL names (the user's own data), nothing else."""
-    folders = sorted({str(p.parent) for r in records for p in r.files})
-    if not folders:
-        return None
-    from ..remote.media_qwen3_multimodal import MediaPolicy
-
-    return MediaPolicy(allowed_roots=tuple(folders))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -380,11 +99,17 @@ def load_model(folder: Path, dtype):
     return Qwen3MultimodalForConditionalGeneration.from_pretrained(folder, dtype=dtype)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------------------------
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters: peft's count for a LoRA model (the LoRA matrices are in the total, as in its
+    ``print_trainable_parameters``), transformers' ``num_parameters`` for a plain one; tied weights count once."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    return model.num_parameters(only_trainable=True), model.num_parameters()
 
-LORA_TARGETS = ("attention-qv", "attention")
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -395,8 +120,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--lora", dest="mode", action="store_const", const="lora", help="train LoRA adapters (default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="train every weight")
     parser.set_defaults(mode="lora")
+    _add_lora_arguments(parser.add_argument_group("LoRA"))
+    _add_training_arguments(parser.add_argument_group("training"))
+    _add_checkpoint_arguments(parser.add_argument_group("checkpoints"))
+    parser.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default 10)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing outputs; without --resume also discards old checkpoints"
+    )
 
-    lora = parser.add_argument_group("LoRA")
+
+def _add_lora_arguments(lora) -> None:
     lora.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
     lora.add_argument("--alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
     lora.add_argument("--lora-dropout", type=float, default=0.0)
@@ -423,7 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the merged model in our Hub layout (default DIR: OUT-merged)",
     )
 
-    train = parser.add_argument_group("training")
+
+def _add_training_arguments(train) -> None:
     train.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default 1)")
     train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     train.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-4 LoRA, 2e-5 full)")
@@ -442,7 +176,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
 
-    ckpt = parser.add_argument_group("checkpoints")
+
+def _add_checkpoint_arguments(ckpt) -> None:
     ckpt.add_argument("--checkpoint-dir", type=Path, default=None, help="default: OUT.checkpoints next to OUT")
     ckpt.add_argument("--save-steps", type=int, default=200, help="write a checkpoint every N steps (default 200)")
     ckpt.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (default 2)")
@@ -454,10 +189,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CKPT",
         help="continue from CKPT, or from the latest checkpoint in the checkpoint folder",
     )
-    parser.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default 10)")
-    parser.add_argument(
-        "--force", action="store_true", help="replace existing outputs; without --resume also discards old checkpoints"
-    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Before training: paths, outputs, checkpoints
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def _paths(args):
@@ -471,11 +207,12 @@ def _paths(args):
     return out, ckpt_dir, merge_dir
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+def _last_checkpoint(folder: Path) -> Path | None:
+    """The Trainer's newest ``checkpoint-N`` in ``folder`` (the one ``--resume`` continues), if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(folder) if folder.is_dir() else None
+    return Path(found) if found else None
 
 
 def _check_outputs(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, sources=()):
@@ -490,18 +227,17 @@ def _check_outputs(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, sour
         check_destination(path, force=args.force, sources=sources)
     resume = args.resume
     if resume is True:
-        found = _checkpoints(ckpt_dir)
-        if not found:
+        resume = _last_checkpoint(ckpt_dir)
+        if resume is None:
             raise FinetuneUsageError(
                 f"--resume: no checkpoint-N folder in {ckpt_dir}; give the checkpoint path "
                 f"(--resume CKPT) or start without --resume."
             )
-        resume = found[-1]
     elif resume is not None:
         resume = Path(resume)
         if not (resume / "trainer_state.json").is_file():
             raise FinetuneUsageError(f"--resume {resume}: not a Trainer checkpoint (no trainer_state.json).")
-    elif _checkpoints(ckpt_dir) and not args.force:
+    elif _last_checkpoint(ckpt_dir) is not None and not args.force:
         raise OutputError(
             f"{ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue it or "
             f"--force to start over (that deletes them)."
@@ -552,6 +288,11 @@ def training_arguments(args, ckpt_dir: Path, has_towers: bool):
     )
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------------
+
+
 def run(args) -> int:
     out, ckpt_dir, merge_dir = _paths(args)
     model_dir = Path(args.model).resolve()
@@ -570,129 +311,132 @@ def run(args) -> int:
                 ckpt_dir.rmdir()
 
 
-def _train(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, resume, model_dir: Path, ckpt, records) -> int:
-    import torch
-    from transformers import Trainer, set_seed
-
-    from ..checkpoint.hub_folder import save_hub_folder
-    from ..outputs import atomic_folder
+def _dataset(args, model_dir: Path, records):
+    """Tokenizer, processor (only for media records) and the dataset, every record encoded once now, as the data
+    loader will: bad media, tags or lengths fail before training."""
     from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
-    from .lora import apply_lora, lora_config, merge_to_hub_folder, trainable_parameters
 
-    # TrainingArguments sets up the process group under `accelerate launch` / torchrun (one process otherwise)
-    training_args = training_arguments(args, ckpt_dir, ckpt.has_towers)
-    state = training_args.distributed_state
-
-    # every record encoded once now, as the data loader will: bad media, tags or lengths fail before training
     tokenizer = load_tokenizer(model_dir)
     config = Qwen3MultimodalConfig.from_pretrained(model_dir)
     processor = load_processor(model_dir, config, tokenizer) if any(r.media for r in records) else None
     encoder = ChatEncoder(tokenizer, processor, max_length=args.max_length, media_policy=media_policy_for(records))
-    dataset = ChatDataset(records, encoder)
+    return tokenizer, processor, ChatDataset(records, encoder)
 
-    if resume is None and state.is_main_process:
-        for old in _checkpoints(ckpt_dir):  # --force: an earlier run's checkpoints must not mix with this one's
-            shutil.rmtree(old)
-    state.wait_for_everyone()
+
+def _model(args, model_dir: Path):
+    """The model to train (LoRA-wrapped unless --full) and the LoRA settings for finetune.json."""
+    import torch
+    from transformers import set_seed
+
+    from .lora import apply_lora, lora_config
 
     set_seed(args.seed)  # the LoRA initialisation draws from the global generator
     model = load_model(model_dir, torch.float32)
-    source_dtype = _source_dtype(ckpt)
     model.config.use_cache = False  # no KV cache while training; restored before saving
     model.config.text_config.use_cache = False
+    if args.mode != "lora":
+        return model, None
+    lora = lora_config(
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=(args.targets,),
+        include_mlp=args.lora_mlp,
+        include_vision=args.lora_vision,
+        include_audio=args.lora_audio,
+        include_projectors=args.lora_projectors,
+        dropout=args.lora_dropout,
+    )
+    return apply_lora(model, lora), {"rank": lora.r, "alpha": lora.lora_alpha, "target_modules": lora.target_modules}
 
-    lora_settings = None
-    if args.mode == "lora":
-        lora = lora_config(
-            rank=args.rank,
-            alpha=args.alpha,
-            targets=(args.targets,),
-            include_mlp=args.lora_mlp,
-            include_vision=args.lora_vision,
-            include_audio=args.lora_audio,
-            include_projectors=args.lora_projectors,
-            dropout=args.lora_dropout,
-        )
-        model = apply_lora(model, lora)
-        lora_settings = {"rank": lora.r, "alpha": lora.lora_alpha, "target_modules": lora.target_modules}
-    report = trainable_parameters(model)
+
+def _train(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, resume, model_dir: Path, ckpt, records) -> int:
+    from transformers import Trainer, TrainerState
+
+    # TrainingArguments sets up the process group under `accelerate launch` / torchrun (one process otherwise)
+    training_args = training_arguments(args, ckpt_dir, ckpt.has_towers)
+    state = training_args.distributed_state
+    tokenizer, processor, dataset = _dataset(args, model_dir, records)
+    if resume is None and state.is_main_process and ckpt_dir.is_dir():
+        from transformers.trainer_utils import sort_checkpoints
+
+        for old in sort_checkpoints(ckpt_dir):  # --force: an earlier run's checkpoints must not mix with this one's
+            shutil.rmtree(old)
+    state.wait_for_everyone()
+
+    model, lora_settings = _model(args, model_dir)
+    trainable, total = parameter_counts(model)
     if state.is_main_process:
-        print(f"{args.mode}: {report}", file=sys.stderr)
-
+        print(
+            f"{args.mode}: trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f} %)",
+            file=sys.stderr,
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else PAD_FALLBACK
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=ChatCollator(pad_id))
-    start_step = 0
-    if resume is not None:
-        start_step = json.loads((Path(resume) / "trainer_state.json").read_text()).get("global_step", 0)
+    collator = ChatCollator(pad_id, padding_side=tokenizer.padding_side)
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    start_step = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).global_step if resume else 0
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    wall = time.perf_counter() - started
-
+    summary = {
+        "mode": args.mode,
+        "model": str(model_dir),
+        "data": str(Path(args.data).resolve()),
+        "records": len(records),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_fraction": trainable / total,
+        "lora": lora_settings,
+        "resumed_from": str(resume) if resume is not None else None,
+        "start_step": start_step,
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_loss": result.training_loss,
+        "wall_seconds": time.perf_counter() - started,
+        "world_size": state.num_processes,
+        "log_history": trainer.state.log_history,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "run"},
+    }
     if trainer.is_world_process_zero():
         trained = trainer.accelerator.unwrap_model(trainer.model)
-        summary = {
-            "mode": args.mode,
-            "model": str(model_dir),
-            "data": str(Path(args.data).resolve()),
-            "records": len(records),
-            "trainable_parameters": report.trainable,
-            "total_parameters": report.total,
-            "trainable_fraction": report.fraction,
-            "lora": lora_settings,
-            "resumed_from": str(resume) if resume is not None else None,
-            "start_step": start_step,
-            "global_step": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "train_loss": result.training_loss,
-            "wall_seconds": wall,
-            "world_size": state.num_processes,
-            "log_history": trainer.state.log_history,
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "run"},
-        }
-        base = trained.get_base_model() if args.mode == "lora" else trained
-        base.config.use_cache = True
-        base.config.text_config.use_cache = True
-        # the merged folder is written inside OUT's temporary one: if merging fails, neither is published
-        with atomic_folder(out, force=args.force, sources=[model_dir]) as tmp:
-            if args.mode == "lora":
-                trained.save_pretrained(tmp)
-            else:
-                processor = processor or load_processor(model_dir, base.config, tokenizer)
-                base.to(source_dtype)
-                base.config.dtype = source_dtype
-                save_hub_folder(base, tokenizer, tmp, force=True, processor=processor)
-            (tmp / "finetune.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-            if merge_dir is not None:
-                processor = processor or load_processor(model_dir, base.config, tokenizer)
-                merge_to_hub_folder(
-                    trained, tokenizer, merge_dir, processor=processor, dtype=source_dtype, force=args.force
-                )
-        print(f"wrote {out} ({args.mode}, {trainer.state.global_step} steps)", file=sys.stderr)
-        if merge_dir is not None:
-            print(f"wrote {merge_dir} (merged)", file=sys.stderr)
+        _save(args, trained, tokenizer, processor, summary, out, merge_dir, model_dir, _source_dtype(ckpt))
     state.wait_for_everyone()
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="transformers-qwen3 finetune", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+def _save(args, trained, tokenizer, processor, summary: dict, out: Path, merge_dir, model_dir: Path, dtype) -> None:
+    """OUT (adapter folder, or the full model in our Hub layout) with finetune.json, and the merged model."""
+    from ..checkpoint.hub_folder import save_hub_folder
+    from ..outputs import atomic_folder
+    from .lora import merge_to_hub_folder
+
+    base = trained.get_base_model() if args.mode == "lora" else trained
+    base.config.use_cache = True
+    base.config.text_config.use_cache = True
+    # the merged folder is written inside OUT's temporary one: if merging fails, neither is published
+    with atomic_folder(out, force=args.force, sources=[model_dir]) as tmp:
+        if args.mode == "lora":
+            trained.save_pretrained(tmp)
+        else:
+            processor = processor or load_processor(model_dir, base.config, tokenizer)
+            base.to(dtype)
+            base.config.dtype = dtype
+            save_hub_folder(base, tokenizer, tmp, force=True, processor=processor)
+        (tmp / "finetune.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if merge_dir is not None:
+            processor = processor or load_processor(model_dir, base.config, tokenizer)
+            merge_to_hub_folder(trained, tokenizer, merge_dir, processor=processor, dtype=dtype, force=args.force)
+    print(f"wrote {out} ({args.mode}, {summary['global_step']} steps)", file=sys.stderr)
+    if merge_dir is not None:
+        print(f"wrote {merge_dir} (merged)", file=sys.stderr)
 
 
 __all__ = [
-    "ChatCollator",
-    "ChatDataset",
-    "ChatEncoder",
-    "ChatRecord",
     "DataError",
-    "assistant_mask",
-    "parse_record",
-    "read_chat_jsonl",
-    "run",
+    "FinetuneUsageError",
     "add_arguments",
+    "load_model",
+    "load_processor",
+    "load_tokenizer",
+    "parameter_counts",
+    "run",
+    "validate_model",
 ]
-
-
-if __name__ == "__main__":
-    sys.exit(main())
