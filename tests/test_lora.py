@@ -9,6 +9,7 @@ from conftest import run_clean_python
 from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
 from transformers_qwen3.checkpoint.presets import preset_config
+from transformers_qwen3.errors import FolderError
 from transformers_qwen3.remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
 from transformers_qwen3.remote.modeling_qwen3_multimodal import (
     Qwen3MultimodalForConditionalGeneration,
@@ -22,7 +23,6 @@ from transformers_qwen3.training.lora import (
     lora_parameter_count,
     merge_to_hub_folder,
     target_pattern,
-    trainable_parameters,
 )
 
 SMALL_VOCAB = 1024  # merging and saving do not need the real vocabulary; a small one keeps these tests fast
@@ -145,13 +145,29 @@ def test_unknown_group_is_a_clear_error():
 )
 def test_trainable_fraction_on_the_0_6b_shape(rank, groups, trainable, percent):
     model = meta_model("0.6b")
-    base_total = trainable_parameters(model).total  # 596,049,920 (tied embeddings counted once)
+    base_total = model.num_parameters()  # 596,049,920 (tied embeddings counted once)
+    assert base_total == 596_049_920
     peft_model = apply_lora(model, lora_config(rank=rank, targets=groups))
-    report = trainable_parameters(peft_model)
-    assert report.trainable == trainable == lora_parameter_count(model.config, rank, groups)
-    assert report.total == base_total + trainable
-    assert report.fraction == pytest.approx(trainable / (base_total + trainable))
-    assert round(100 * report.fraction, 3) == percent, str(report)
+    counted, total = peft_model.get_nb_trainable_parameters()
+    assert counted == trainable == lora_parameter_count(model.config, rank, groups)
+    assert total == base_total + trainable
+    assert round(100 * trainable / total, 3) == percent, f"{trainable} of {total}"
+
+
+def test_lora_info_verb_prints_the_counts(capsys):
+    import argparse
+
+    from transformers_qwen3.training.lora import LoraInfo
+
+    parser = argparse.ArgumentParser()
+    LoraInfo.add_arguments(parser)
+    assert LoraInfo.run(parser.parse_args(["--preset", "0.6b", "--rank", "8", "52"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"0.6b rank {r} attention-qv: trainable params: {28 * r * 5120:,} of {596_049_920 + 28 * r * 5120:,} "
+        f"({p} %), 56 modules"
+        for r, p in ((8, "0.192"), (52, "1.235"))
+    ]
 
 
 # ---- merging, saving, gradient checkpointing -----------------------------------------------------------------------
@@ -176,7 +192,7 @@ def test_adapter_save_and_load_round_trip(base_model, tmp_path):
 
 
 def test_load_lora_names_a_missing_adapter(base_model, tmp_path):
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FolderError, match="adapter_config.json"):
         load_lora(base_model, tmp_path)
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..errors import FolderError, UserError
 
 # group -> (owner path, module path inside the owner); both are regular expressions.
 DECODER_LAYER = r"model\.layers\.\d+"
@@ -44,11 +45,15 @@ TARGET_GROUPS: dict[str, tuple[str, str]] = {
 DECODER_GROUPS = ("attention-qv", "attention", "mlp")
 
 
+class LoraSettingError(UserError, ValueError):
+    """A LoRA setting that cannot be built (an unknown target group, a rank below 1)."""
+
+
 def target_pattern(groups) -> str:
     """One regex (for ``re.fullmatch``) matching exactly the Linear modules of ``groups``."""
     unknown = [g for g in groups if g not in TARGET_GROUPS]
     if unknown or not groups:
-        raise ValueError(
+        raise LoraSettingError(
             f"Unknown LoRA target group(s) {unknown or groups!r}; choose from {', '.join(TARGET_GROUPS)}."
         )
     alternatives = []
@@ -97,7 +102,7 @@ def lora_config(
     from peft import LoraConfig
 
     if rank < 1:
-        raise ValueError(f"LoRA rank must be >= 1, got {rank}.")
+        raise LoraSettingError(f"LoRA rank must be >= 1, got {rank}; pass --rank 1 or more.")
     groups = resolve_groups(targets, include_mlp, include_vision, include_audio, include_projectors)
     return LoraConfig(
         r=rank,
@@ -134,7 +139,7 @@ def load_lora(model, adapter_dir, is_trainable: bool = False):
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
+        raise FolderError(
             f"{adapter_dir} holds no adapter_config.json: pass a folder written by "
             f"`transformers-qwen3 finetune --lora` (or PeftModel.save_pretrained)."
         )
@@ -148,30 +153,6 @@ def adapted_module_names(peft_model) -> list[str]:
 
     base = peft_model.get_base_model()
     return sorted(name for name, module in base.named_modules() if isinstance(module, LoraLayer))
-
-
-@dataclass(frozen=True)
-class TrainableReport:
-    trainable: int
-    total: int
-
-    @property
-    def fraction(self) -> float:
-        return self.trainable / self.total if self.total else 0.0
-
-    def __str__(self) -> str:
-        return f"trainable params: {self.trainable:,} of {self.total:,} ({100 * self.fraction:.3f} %)"
-
-
-def trainable_parameters(model) -> TrainableReport:
-    """Trainable and total parameter counts (tied weights counted once; the LoRA matrices are in the total,
-    which is also what peft's ``print_trainable_parameters`` reports)."""
-    trainable = total = 0
-    for param in model.parameters():  # parameters() yields a shared (tied) tensor once
-        total += param.numel()
-        if param.requires_grad:
-            trainable += param.numel()
-    return TrainableReport(trainable, total)
 
 
 def lora_parameter_count(model_config, rank: int, groups=("attention-qv",)) -> int:
@@ -209,46 +190,50 @@ def merge_to_hub_folder(
     return save_hub_folder(merged, tokenizer, Path(dst), force=force, processor=processor)
 
 
-def main(argv=None) -> int:
-    """``python -m transformers_qwen3.training.lora --preset 0.6b --rank 8 [--targets attention] [--mlp] ...``: trainable
-    parameters of a LoRA setting on a preset shape (meta device: nothing is allocated)."""
-    import argparse
+class LoraInfo:
+    """``transformers-qwen3 lora-info --preset 0.6b --rank 8 [--targets attention] [--mlp] ...``: trainable parameters
+    of a LoRA setting on a preset shape (on the meta device: nothing is allocated), counted by peft."""
 
-    from ..checkpoint.presets import PRESETS, preset_config
-    from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
-    from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+    @staticmethod
+    def add_arguments(parser) -> None:
+        from ..checkpoint.presets import PRESETS
 
-    parser = argparse.ArgumentParser(
-        prog="python -m transformers_qwen3.training.lora", description=main.__doc__.split(":")[1]
-    )
-    parser.add_argument("--preset", choices=list(PRESETS), default="0.6b")
-    parser.add_argument("--rank", type=int, nargs="+", default=[8])
-    parser.add_argument("--targets", nargs="+", choices=DECODER_GROUPS, default=["attention-qv"])
-    for group in ("mlp", "vision", "projectors", "audio"):
-        parser.add_argument(f"--{group}", action="store_true", help=f"add the {group} group")
-    args = parser.parse_args(argv)
-    config = Qwen3MultimodalConfig(**preset_config(args.preset))
-    for rank in args.rank:
-        with torch.device("meta"):
-            model = Qwen3MultimodalForConditionalGeneration(config)
+        parser.add_argument("--preset", choices=list(PRESETS), default="0.6b", help="model shape (default 0.6b)")
+        parser.add_argument("--rank", type=int, nargs="+", default=[8], help="one or more LoRA ranks (default 8)")
+        parser.add_argument("--targets", nargs="+", choices=DECODER_GROUPS, default=["attention-qv"])
+        for group in ("mlp", "vision", "projectors", "audio"):
+            parser.add_argument(f"--{group}", action="store_true", help=f"add the {group} group")
+
+    @staticmethod
+    def run(args) -> int:
+        from ..checkpoint.presets import preset_config
+        from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
+        from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+
+        config = Qwen3MultimodalConfig(**preset_config(args.preset))
         options = dict(
             include_mlp=args.mlp,
             include_vision=args.vision,
             include_projectors=args.projectors,
             include_audio=args.audio,
         )
-        peft_model = apply_lora(model, lora_config(rank=rank, targets=tuple(args.targets), **options))
         groups = resolve_groups(tuple(args.targets), args.mlp, args.vision, args.audio, args.projectors)
-        print(
-            f"{args.preset} rank {rank} {'+'.join(groups)}: {trainable_parameters(peft_model)}, "
-            f"{len(adapted_module_names(peft_model))} modules"
-        )
-    return 0
+        for rank in args.rank:
+            with torch.device("meta"):
+                model = Qwen3MultimodalForConditionalGeneration(config)
+            peft_model = apply_lora(model, lora_config(rank=rank, targets=tuple(args.targets), **options))
+            trainable, total = peft_model.get_nb_trainable_parameters()
+            print(
+                f"{args.preset} rank {rank} {'+'.join(groups)}: trainable params: {trainable:,} of {total:,} "
+                f"({100 * trainable / total:.3f} %), {len(adapted_module_names(peft_model))} modules"
+            )
+        return 0
 
 
 __all__ = [
     "TARGET_GROUPS",
-    "TrainableReport",
+    "LoraInfo",
+    "LoraSettingError",
     "adapted_module_names",
     "apply_lora",
     "load_lora",
@@ -257,9 +242,4 @@ __all__ = [
     "merge_to_hub_folder",
     "resolve_groups",
     "target_pattern",
-    "trainable_parameters",
 ]
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
