@@ -2,7 +2,7 @@
 
 Oracles: transformers' Qwen2VLImageProcessorPil with Qwen3-VL's settings (pixel values and grids must be identical:
 we reuse it, we do not reimplement it), Qwen3-VL's video patchify and timestamp rule (patch layout and timestamps
-text), WhisperFeatureExtractor and Qwen3-Omni's token-count formula for audio. Then the placeholder glue through the
+text; video sizes and token counts against Qwen3VLVideoProcessor are in test_video.py), WhisperFeatureExtractor and Qwen3-Omni's token-count formula for audio. Then the placeholder glue through the
 tiny-mm model: a mixed text+image+audio prompt generates deterministically and a batch mixing media matches its
 rows run alone.
 """
@@ -104,17 +104,19 @@ def unpatchify(patches, grid_h, grid_w, patch=16, merge=2, temporal=2):
     return x.reshape(3, grid_h * patch, grid_w * patch)
 
 
-def test_video_layout_and_timestamps_match_qwen3_vl(processor):
-    frames = [noise_image(80, 64, seed=i) for i in range(5)]
+def test_video_layout_and_timestamps_match_qwen3_vl(qwen3_tokenizer):
+    # 96x64 frames, 5 of them: inside the clip budget Qwen3-VL's smart_resize leaves them at their size, so the
+    # patches can be compared exactly (resizing differs: Pillow here, torchvision there)
+    processor = Qwen3MultimodalProcessor(tokenizer=qwen3_tokenizer, video_min_pixels=4096)
+    frames = [noise_image(96, 64, seed=i) for i in range(5)]
     out = processor(
         text="<|vision_start|><|video_pad|><|vision_end|> what happens?", videos=[frames], return_tensors="pt"
     )
     t, gh, gw = out["video_grid_thw"][0].tolist()
-    assert t == 3  # 5 frames -> the last repeated -> 3 temporal patches
+    assert (t, gh, gw) == (3, 4, 6)  # 5 frames -> the last repeated -> 3 temporal patches of 64x96 pixels
 
-    # oracle: each frame resized/normalised by the image processor, then Qwen3-VL's own video patchify
-    size = {"shortest_edge": processor.video_min_pixels, "longest_edge": processor.video_max_pixels}
-    per_frame = [Qwen2VLImageProcessorPil(**NATIVE_IMAGE)(f, size=size, return_tensors="pt") for f in frames]
+    # oracle: each frame normalised by the image processor, then Qwen3-VL's own video patchify
+    per_frame = [Qwen2VLImageProcessorPil(**NATIVE_IMAGE)(f, do_resize=False, return_tensors="pt") for f in frames]
     clip = torch.stack([unpatchify(p["pixel_values"], gh, gw) for p in per_frame])[None]  # [1, T, C, H, W]
     native, nt, nh, nw = Qwen3VLVideoProcessor.patchify(None, clip, patch_size=16, merge_size=2, temporal_patch_size=2)
     assert (nt, nh, nw) == (t, gh, gw)
@@ -226,7 +228,8 @@ def test_saved_settings_reach_the_tokenizer(qwen3_tokenizer, tmp_path):
     small = Qwen2VLImageProcessorPil(**{**NATIVE_IMAGE, "max_pixels": 16 * 32 * 32})
     save_processor(Qwen3MultimodalProcessor(small, tokenizer=qwen3_tokenizer, video_fps=1.0), tmp_path)
     encoder = MediaEncoder.from_folder(str(tmp_path))
-    assert encoder.image_processor.size["longest_edge"] == 16 * 32 * 32 and encoder.video_fps == 1.0
+    assert encoder.image_processor.size["longest_edge"] == 16 * 32 * 32 and encoder.settings.video_fps == 1.0
+    assert encoder.settings.video_max_pixels == Qwen3MultimodalProcessor(tokenizer=qwen3_tokenizer).video_max_pixels
     features, _ = encoder.encode_images([noise_image(640, 480)])
     assert int(features["image_grid_thw"].prod()) // 4 <= 16
     assert MediaEncoder.from_folder(str(tmp_path / "nowhere")).image_processor.size["longest_edge"] == 4096 * 32 * 32

@@ -106,7 +106,9 @@ class MediaPolicy:
         ``QWEN3_MM_ALLOWED_ROOTS``, ``os.pathsep``-separated, else the current working directory at load time).
     max_bytes: largest file / download / data URI accepted.  timeout_s: total time for one download.
     max_image_pixels: largest decoded image (width × height); Pillow's own decompression-bomb guard stays on too.
-    max_audio_seconds: longest audio clip.  max_video_frames: most frames read from one video file.
+    max_audio_seconds: longest audio clip.  max_video_frames: most frames in one video file (a video file is decoded
+    up to its last sampled frame, so this bounds the decoding work).  max_video_pixels: pixels of all those frames.
+    max_video_seconds: longest video file.
 
     Totals for all the sources of one prompt (each text of a batch has its own), checked from file headers before
     anything is decoded, because small files can claim large sizes (an 8 KB 1-bit PNG decodes to 8000x8000 RGB):
@@ -124,6 +126,7 @@ class MediaPolicy:
     max_audio_seconds: float = 600.0
     max_video_frames: int = 1024
     max_video_pixels: int = 2_000_000_000  # summed over the frames read from one video file
+    max_video_seconds: float = 3600.0
     max_items: int = 64
     max_total_bytes: int = 256 * 2**20
     max_total_pixels: int = 256_000_000  # ~768 MB as RGB: 4 images at the per-image cap, 2 clips of 64 HD frames
@@ -452,17 +455,24 @@ class Video:
 
 
 def probe_video(
-    source, policy: MediaPolicy, tag: str, budget: MediaBudget, fps: float = 2.0, max_frames: int = 64
+    source,
+    policy: MediaPolicy,
+    tag: str,
+    budget: MediaBudget,
+    fps: float = 2.0,
+    max_frames: int = 64,
+    min_frames: int = 4,
 ) -> _Probed:
     if isinstance(source, Video) or not isinstance(source, SOURCE_TYPES):
         video = _given_video(source, tag, fps, max_frames)
         return _Probed(lambda: video, _dims(video.frames[0]) if video.frames else ())
-    image = _open_image(_source_bytes(source, policy, tag, budget), policy, tag, source)
+    data = _source_bytes(source, policy, tag, budget)
+    demuxer = _container_format(data)
+    if demuxer is not None:
+        return _probe_container(data, demuxer, policy, tag, budget, source, (fps, min_frames, max_frames))
+    image = _open_image(data, policy, tag, source)
     n_frames = getattr(image, "n_frames", 1)
-    if n_frames > policy.max_video_frames:
-        raise MediaError(tag, source, f"video has {n_frames} frames, over the {policy.max_video_frames}-frame cap")
-    if n_frames * image.size[0] * image.size[1] > policy.max_video_pixels:
-        raise MediaError(tag, source, f"video has more than {policy.max_video_pixels} pixels in all")
+    _check_video_caps(n_frames, None, image.size, policy, tag, source)
     picks = _uniform(_frame_picks(image, n_frames, fps, tag, source), max_frames)
     budget.charge(tag, source, "pixels", len(picks) * image.size[0] * image.size[1])
     return _Probed(lambda: _decode_frames(image, picks, tag, source), image.size)
@@ -475,14 +485,138 @@ def load_video(
     fps: float = 2.0,
     max_frames: int = 64,
     budget: MediaBudget | None = None,
+    min_frames: int = 4,
 ) -> Video:
-    """Frames of a multi-frame image file (animated GIF / WebP / PNG, multi-page TIFF) sampled at ``fps``.
+    """Frames of a video file (mp4/mov, webm/mkv: PyAV) or of a multi-frame image (animated GIF / WebP / PNG,
+    multi-page TIFF: Pillow).
 
-    Non-file inputs pass through: a ``Video``, a list of frames, or an array [T, H, W, 3] (taken as sampled at
-    ``fps``). At most ``max_frames`` frames are kept (uniformly).
+    Video files are sampled as Qwen3-VL's video processor samples them (``fps`` frames per second of the clip,
+    between ``min_frames`` and ``max_frames``, evenly spread); multi-frame images at ``fps`` from their frame
+    durations. Non-file inputs pass through: a ``Video``, a list of frames, or an array [T, H, W, 3] (taken as
+    sampled at ``fps``). At most ``max_frames`` frames are kept (uniformly).
     """
     policy = as_policy(policy)
-    return probe_video(source, policy, tag, budget or MediaBudget(policy), fps, max_frames).decode()
+    return probe_video(source, policy, tag, budget or MediaBudget(policy), fps, max_frames, min_frames).decode()
+
+
+def _check_video_caps(n_frames: int, seconds, dims: tuple, policy: MediaPolicy, tag, source) -> None:
+    """The per-file caps, from the header: frames, pixels of all frames, and (for containers) duration."""
+    if n_frames > policy.max_video_frames:
+        raise MediaError(
+            tag,
+            source,
+            f"video has {n_frames} frames, over the {policy.max_video_frames}-frame cap; "
+            "raise MediaPolicy.max_video_frames to allow more",
+        )
+    if n_frames * dims[0] * dims[1] > policy.max_video_pixels:
+        raise MediaError(
+            tag,
+            source,
+            f"video has {n_frames} frames of {dims[0]}x{dims[1]}, more than {policy.max_video_pixels} pixels in all; "
+            "raise MediaPolicy.max_video_pixels to allow more",
+        )
+    if seconds is not None and seconds > policy.max_video_seconds:
+        raise MediaError(
+            tag,
+            source,
+            f"video is {seconds:.1f} s, over the {policy.max_video_seconds} s cap; "
+            "raise MediaPolicy.max_video_seconds to allow more",
+        )
+
+
+# Container signatures -> the one FFmpeg demuxer we let read them. Naming the demuxer means FFmpeg never probes the
+# bytes with the others (a playlist demuxer such as hls or concat would open the files and URLs the bytes name).
+_CONTAINERS = (
+    (4, b"ftyp", "mov"),  # ISO base media: mp4, mov, m4v
+    (0, b"\x1a\x45\xdf\xa3", "matroska"),  # EBML: mkv, webm
+)
+
+
+def _container_format(data: bytes):
+    for offset, magic, demuxer in _CONTAINERS:
+        if data[offset : offset + len(magic)] == magic:
+            return demuxer
+    return None
+
+
+def _av(tag, source):
+    try:
+        import av
+    except ImportError:
+        raise MediaError(tag, source, "decoding video files needs PyAV: pip install av") from None
+    return av
+
+
+def _container_header(data: bytes, demuxer: str, tag, source) -> tuple:
+    """(frame count, frames per second, (width, height)) of the first video stream, from the container header."""
+    av = _av(tag, source)
+    try:
+        with av.open(io.BytesIO(data), format=demuxer) as container:
+            if not container.streams.video:
+                raise MediaError(tag, source, "the file has no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            n_frames, dims = int(stream.frames or 0), (stream.width, stream.height)
+            if stream.duration is not None and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            else:
+                seconds = (container.duration or 0) / av.time_base
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - FFmpeg reports malformed data through several types
+        raise MediaError(tag, source, f"cannot decode video ({_detail(e)})") from None
+    if rate <= 0 or min(dims) < 1:
+        raise MediaError(tag, source, "the video header gives no frame rate or frame size")
+    if n_frames <= 0:  # Matroska/WebM headers carry the duration only
+        n_frames = round(seconds * rate)
+    if n_frames <= 0:
+        raise MediaError(tag, source, "the video header gives neither a frame count nor a duration")
+    return n_frames, rate, dims
+
+
+def _sample_indices(n_frames: int, rate: float, fps: float, min_frames: int, max_frames: int) -> list:
+    """The frames Qwen3-VL's video processor keeps: its own ``sample_frames`` (imported here: the import is slow
+    and only video files need it)."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    sampler = Qwen3VLVideoProcessor(fps=fps, min_frames=min_frames, max_frames=max_frames)
+    return sampler.sample_frames(VideoMetadata(total_num_frames=n_frames, fps=rate)).tolist()
+
+
+def _probe_container(data: bytes, demuxer: str, policy, tag, budget, source, sampling: tuple) -> _Probed:
+    n_frames, rate, dims = _container_header(data, demuxer, tag, source)
+    _check_video_caps(n_frames, n_frames / rate, dims, policy, tag, source)
+    indices = _sample_indices(n_frames, rate, *sampling)
+    budget.charge(tag, source, "pixels", len(indices) * dims[0] * dims[1])
+    return _Probed(lambda: _decode_container(data, demuxer, indices, rate, dims, tag, source), dims)
+
+
+def _decode_container(data: bytes, demuxer: str, indices: list, rate: float, dims: tuple, tag, source) -> Video:
+    """The frames at ``indices`` as RGB arrays [H, W, 3], as transformers' ``read_video_pyav`` decodes them: every
+    frame up to the last one wanted (the header's frame count and size were checked; frames that disagree with the
+    header are refused). A stream shorter than its header repeats its last frame."""
+    av, wanted, frames = _av(tag, source), set(indices), {}
+    try:
+        with av.open(io.BytesIO(data), format=demuxer) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index > indices[-1]:
+                    break
+                if (frame.width, frame.height) != dims:
+                    raise MediaError(tag, source, f"a frame is {frame.width}x{frame.height}, not {dims[0]}x{dims[1]}")
+                if index in wanted:
+                    frames[index] = frame.to_ndarray(format="rgb24")
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - FFmpeg reports malformed data through several types
+        raise MediaError(tag, source, f"cannot decode video ({_detail(e)})") from None
+    if not frames:
+        raise MediaError(tag, source, "the video has no decodable frames")
+    out, last = [], frames[min(frames)]
+    for index in indices:
+        last = frames.get(index, last)
+        out.append(last)
+    return Video(out, [index / rate for index in indices])
 
 
 def _given_video(source, tag, fps, max_frames) -> Video:

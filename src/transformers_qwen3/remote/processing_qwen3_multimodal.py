@@ -23,7 +23,7 @@ Where we differ from the native processors:
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
@@ -227,10 +227,31 @@ def default_feature_extractor() -> WhisperFeatureExtractor:
     return WhisperFeatureExtractor(**FEATURE_EXTRACTOR_DEFAULTS)
 
 
-# per-frame pixel budget for video (Qwen3-VL's per-frame cap is 768 merged tokens)
-VIDEO_DEFAULTS = dict(
-    video_fps=2.0, max_video_frames=64, video_min_pixels=8 * 32 * 32, video_max_pixels=768 * 32 * 32, n_window=50
-)
+@dataclass(frozen=True)
+class MediaSettings:
+    """The processor's own settings, beside its image processor and feature extractor. Saved in
+    processor_config.json; the one home of their defaults, read by the processor's ``__init__``, by
+    :class:`MediaEncoder` and by :meth:`MediaEncoder.from_folder`.
+
+    The video fields are Qwen3VLVideoProcessor's, under the names this processor has always saved: ``video_fps`` is
+    its ``fps``, ``min_video_frames`` / ``max_video_frames`` its ``min_frames`` / ``max_frames``, and
+    ``video_min_pixels`` / ``video_max_pixels`` its ``size["shortest_edge"]`` / ``size["longest_edge"]``: pixel
+    budgets over the whole clip (all sampled frames), not per frame. ``n_window`` is the audio encoder's window
+    (Qwen3-Omni's), which sets the audio token count.
+    """
+
+    video_fps: float = 2.0
+    min_video_frames: int = 4
+    max_video_frames: int = 64  # 768 in Qwen3-VL; 64 keeps one clip's frames at most 32 temporal patches
+    video_min_pixels: int = 128 * 32 * 32  # Qwen3VLVideoProcessor's class defaults
+    video_max_pixels: int = 768 * 32 * 32
+    n_window: int = 50
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "MediaSettings":
+        """The known keys of a saved config (or of keyword arguments); ``None`` and other keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names and v is not None})
 
 
 class MediaEncoder:
@@ -239,24 +260,10 @@ class MediaEncoder:
     Used by both the tokenizer (inline tags) and the processor, so the two give identical inputs.
     """
 
-    def __init__(
-        self,
-        image_processor=None,
-        feature_extractor=None,
-        *,
-        video_fps=VIDEO_DEFAULTS["video_fps"],
-        max_video_frames=VIDEO_DEFAULTS["max_video_frames"],
-        video_min_pixels=VIDEO_DEFAULTS["video_min_pixels"],
-        video_max_pixels=VIDEO_DEFAULTS["video_max_pixels"],
-        n_window=VIDEO_DEFAULTS["n_window"],
-    ):
+    def __init__(self, image_processor=None, feature_extractor=None, settings: MediaSettings | None = None):
         self.image_processor = image_processor if image_processor is not None else default_image_processor()
         self.feature_extractor = feature_extractor if feature_extractor is not None else default_feature_extractor()
-        self.video_fps = float(video_fps)
-        self.max_video_frames = int(max_video_frames)
-        self.video_min_pixels = int(video_min_pixels)
-        self.video_max_pixels = int(video_max_pixels)
-        self.n_window = int(n_window)
+        self.settings = settings if settings is not None else MediaSettings()
 
     @classmethod
     def from_folder(cls, folder) -> "MediaEncoder":
@@ -296,10 +303,15 @@ class MediaEncoder:
         return cls(
             Qwen2VLImageProcessorPil.from_dict(image) if image else None,
             WhisperFeatureExtractor.from_dict(audio) if audio else None,
-            **{k: config[k] for k in VIDEO_DEFAULTS if k in config},
+            MediaSettings.from_dict(config),
         )
 
     # ---- per modality: features + the text that replaces each placeholder -------------------------------------
+
+    @property
+    def _video_sampling(self) -> tuple:
+        """``probe_video``'s (fps, max_frames, min_frames)."""
+        return self.settings.video_fps, self.settings.max_video_frames, self.settings.min_video_frames
 
     @property
     def merge_length(self) -> int:
@@ -312,35 +324,45 @@ class MediaEncoder:
             IMAGE_TOKEN * n for n in counts
         ]
 
-    def encode_video(self, video: Video, **kwargs) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """One video → (patches [t*h*w, C*T*P*P], grid [t, h, w], placeholder text with timestamps)."""
-        frames = video.frames
+    def encode_video(self, video: Video) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """One video → (patches [t*h*w, C*T*P*P], grid [t, h, w], placeholder text with timestamps).
+
+        Sized as Qwen3-VL's video processor sizes a clip: one size for all frames, from its ``smart_resize`` with
+        the pixel budget of the whole clip; then each frame is normalised by the image processor.
+        """
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize  # slow import: video only
+
+        frames, ip, settings = video.frames, self.image_processor, self.settings
         sizes = {_frame_size(f) for f in frames}
         if len(sizes) != 1:
             raise ValueError(f"all frames of a video must have the same size, got {sorted(sizes)}")
-        size = {"shortest_edge": self.video_min_pixels, "longest_edge": self.video_max_pixels}
-        out = self.image_processor(frames, size=size, return_tensors="pt", **kwargs)
-        ip = self.image_processor
         tp, p = ip.temporal_patch_size, ip.patch_size
-        _, gh, gw = (int(x) for x in out["image_grid_thw"][0])
         n = len(frames)
+        # Qwen3-VL's smart_resize refuses fewer frames than one temporal patch; we pad a single frame (below) instead
+        height, width = smart_resize(
+            max(n, tp),
+            *sizes.pop(),
+            temporal_factor=tp,
+            factor=p * ip.merge_size,
+            min_pixels=settings.video_min_pixels,
+            max_pixels=settings.video_max_pixels,
+        )
+        out = ip([_resize_frame(f, height, width, ip.resample) for f in frames], do_resize=False, return_tensors="pt")
+        gh, gw = height // p, width // p
         # The image processor repeats each frame over the temporal patch; keep one copy per frame and put
         # consecutive frames side by side instead: [n, gh*gw, C, T, P, P] -> [n, gh*gw, C, P, P]
         patches = out["pixel_values"].reshape(n, gh * gw, -1, tp, p, p)[:, :, :, 0]
-        times = list(video.times) if video.times else [i / self.video_fps for i in range(n)]
+        times = list(video.times) if video.times else [i / settings.video_fps for i in range(n)]
         if pad := -n % tp:  # Qwen3-VL repeats the last frame to fill the last temporal patch
             patches = torch.cat([patches, patches[-1:].expand(pad, -1, -1, -1, -1)])
             times += [times[-1]] * pad
         t = patches.shape[0] // tp
         # [t, T, gh*gw, C, P, P] -> [t, gh*gw, C, T, P, P]: Qwen3-VL's (t, h-block, w-block, mh, mw, C, T, P, P)
         patches = patches.reshape(t, tp, gh * gw, -1, p, p).permute(0, 2, 3, 1, 4, 5).reshape(t * gh * gw, -1)
-        frame_tokens = gh * gw // self.merge_length
-        text = ""
-        for i in range(t):
-            # timestamp of a temporal patch: the mean of its first and last frame's time (Qwen3-VL)
-            stamp = (times[i * tp] + times[i * tp + tp - 1]) / 2
-            text += f"<{stamp:.1f} seconds>" + VISION_START + VIDEO_TOKEN * frame_tokens + VISION_END
-        return patches, torch.tensor([t, gh, gw]), text
+        block = VISION_START + VIDEO_TOKEN * (gh * gw // self.merge_length) + VISION_END
+        # timestamp of a temporal patch: the mean of its first and last frame's time (Qwen3-VL)
+        stamps = [(times[i * tp] + times[i * tp + tp - 1]) / 2 for i in range(t)]
+        return patches, torch.tensor([t, gh, gw]), "".join(f"<{stamp:.1f} seconds>" + block for stamp in stamps)
 
     def encode_audio(self, clips: list[torch.Tensor]) -> tuple[dict, list[str]]:
         fe = self.feature_extractor
@@ -353,7 +375,7 @@ class MediaEncoder:
             return_tensors="pt",
         )
         mask = out["attention_mask"]
-        counts = _get_feat_extract_output_lengths(mask.sum(-1), self.n_window).tolist()
+        counts = _get_feat_extract_output_lengths(mask.sum(-1), self.settings.n_window).tolist()
         # named feature_attention_mask so a merged batch keeps the text attention_mask (as Qwen3-Omni)
         return {"input_features": out["input_features"], "feature_attention_mask": mask}, [
             AUDIO_TOKEN * int(n) for n in counts
@@ -433,7 +455,7 @@ class MediaEncoder:
             if item.kind == "image":
                 probed = probe_image(item.media, policy, item.tag, budget)
             elif item.kind == "video":
-                probed = probe_video(item.media, policy, item.tag, budget, self.video_fps, self.max_video_frames)
+                probed = probe_video(item.media, policy, item.tag, budget, *self._video_sampling)
             else:
                 rate = self.feature_extractor.sampling_rate
                 probed = probe_audio(item.media, policy, item.tag, budget, rate, sampling_rate)
@@ -494,6 +516,21 @@ class MediaEncoder:
                     )
 
 
+def _resize_frame(frame, height: int, width: int, resample):
+    """One video frame as an RGB array [H, W, 3] of exactly ``height`` x ``width``, resized with Pillow.
+
+    Qwen3-VL resizes video with torchvision (bicubic, antialiased), which needs torchvision; Pillow's bicubic gives
+    the same sizes (so the same grids and token counts) and pixel values that differ by a few levels.
+    """
+    from transformers.image_transforms import resize
+    from transformers.image_utils import ChannelDimension, to_numpy_array
+
+    array = to_numpy_array(frame.convert("RGB") if hasattr(frame, "convert") else frame)
+    if tuple(array.shape[:2]) == (height, width):
+        return array
+    return resize(array, (height, width), resample=resample, input_data_format=ChannelDimension.LAST)
+
+
 def _frame_size(frame):
     if hasattr(frame, "size") and not hasattr(frame, "shape"):
         return tuple(frame.size[::-1])  # PIL: (w, h)
@@ -544,11 +581,14 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
         feature_extractor=None,
         tokenizer=None,
         chat_template=None,
-        video_fps=VIDEO_DEFAULTS["video_fps"],
-        max_video_frames=VIDEO_DEFAULTS["max_video_frames"],
-        video_min_pixels=VIDEO_DEFAULTS["video_min_pixels"],
-        video_max_pixels=VIDEO_DEFAULTS["video_max_pixels"],
-        n_window=VIDEO_DEFAULTS["n_window"],
+        # transformers saves exactly the __init__ parameters (and reads them back), so each setting is named here;
+        # None means MediaSettings' default
+        video_fps=None,
+        min_video_frames=None,
+        max_video_frames=None,
+        video_min_pixels=None,
+        video_max_pixels=None,
+        n_window=None,
         **kwargs,
     ):
         if tokenizer is None:
@@ -557,26 +597,20 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
         feature_extractor = feature_extractor if feature_extractor is not None else default_feature_extractor()
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
-        self.video_fps = video_fps
-        self.max_video_frames = max_video_frames
-        self.video_min_pixels = video_min_pixels
-        self.video_max_pixels = video_max_pixels
-        self.n_window = n_window
+        given = dict(video_fps=video_fps, min_video_frames=min_video_frames, max_video_frames=max_video_frames)
+        given.update(video_min_pixels=video_min_pixels, video_max_pixels=video_max_pixels, n_window=n_window)
+        self.__dict__.update(asdict(MediaSettings.from_dict(given)))  # attributes, so that to_dict saves them
         self.image_token, self.video_token, self.audio_token = IMAGE_TOKEN, VIDEO_TOKEN, AUDIO_TOKEN
         self.media_policy = None
         super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template, **kwargs)
 
     @property
+    def settings(self) -> MediaSettings:
+        return MediaSettings.from_dict(self.__dict__)
+
+    @property
     def encoder(self) -> MediaEncoder:
-        return MediaEncoder(
-            self.image_processor,
-            self.feature_extractor,
-            video_fps=self.video_fps,
-            max_video_frames=self.max_video_frames,
-            video_min_pixels=self.video_min_pixels,
-            video_max_pixels=self.video_max_pixels,
-            n_window=self.n_window,
-        )
+        return MediaEncoder(self.image_processor, self.feature_extractor, self.settings)
 
     @property
     def model_input_names(self):
@@ -691,32 +725,9 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
         for key in list(kwargs):  # tokenizer/processor options given at the top level
             if key in _TOKENIZER_KWARGS or key in ("sampling_rate", "media_tags"):
                 processor_kwargs[key] = kwargs.pop(key)
-        batched = (
-            isinstance(conversation, (list, tuple))
-            and bool(conversation)
-            and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
-        )
-        conversations = list(conversation) if batched else [conversation]
-        conversations = [c.messages if hasattr(c, "messages") else c for c in conversations]
+        conversations, batched = _as_chats(conversation)
         refuse_specials_in_chat(conversations)  # also done by our tokenizer's template; the tokenizer may be another
-        media = {"image": [], "video": [], "audio": []}
-        rendered_convs = []
-        for conv in conversations:
-            new_conv = []
-            for message in conv:
-                message = dict(message)
-                content = message.get("content")
-                if isinstance(content, (list, tuple)):
-                    parts = []
-                    for part in content:
-                        kind, source = _media_part(part)
-                        if kind is not None:
-                            media[kind].append(source)
-                            part = {"type": kind}
-                        parts.append(part)
-                    message["content"] = parts
-                new_conv.append(message)
-            rendered_convs.append(new_conv)
+        rendered_convs, media = _take_media_parts(conversations)
         template = chat_template or self.chat_template
         prompts = self.tokenizer.apply_chat_template(
             rendered_convs,
@@ -751,6 +762,41 @@ class Qwen3MultimodalProcessor(ProcessorMixin):
             clean_up_tokenization_spaces=clean_up_tokenization_spaces,
             **kwargs,
         )
+
+
+def _as_chats(conversation) -> tuple[list, bool]:
+    """(the chats as lists of messages, whether a batch was given) for one chat or a batch of chats."""
+    batched = (
+        isinstance(conversation, (list, tuple))
+        and bool(conversation)
+        and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
+    )
+    chats = list(conversation) if batched else [conversation]
+    return [c.messages if hasattr(c, "messages") else c for c in chats], batched
+
+
+def _take_media_parts(conversations: list) -> tuple[list, dict]:
+    """The chats with each media part replaced by a bare ``{"type": kind}`` (the template writes its placeholder),
+    and the media sources per kind, in order of appearance. The caller's messages are not modified."""
+    media = {"image": [], "video": [], "audio": []}
+
+    def strip(part):
+        kind, source = _media_part(part)
+        if kind is None:
+            return part
+        media[kind].append(source)
+        return {"type": kind}
+
+    rendered = []
+    for conv in conversations:
+        messages = []
+        for message in conv:
+            content = message.get("content")
+            if isinstance(content, (list, tuple)):
+                message = {**message, "content": [strip(part) for part in content]}
+            messages.append(message)
+        rendered.append(messages)
+    return rendered, media
 
 
 def _media_part(part):
