@@ -37,26 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transformers_qwen3.demo import data as demo_data
 from transformers_qwen3.demo import model as demo_model
 from transformers_qwen3.demo import run as demo
+from transformers_qwen3.runtime.metrics import compare_logits
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
-
-
-def compare(ref: np.ndarray, got: np.ndarray) -> dict:
-    """ref, got: [questions, vocab] logits of the first answer token."""
-    lp, lq = log_softmax(ref), log_softmax(got)
-    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
-    return {
-        "top1": float(np.mean(ref.argmax(-1) == got.argmax(-1))),
-        "kl_mean": float(kl.mean()),
-        "kl_max": float(kl.max()),
-    }
 
 
 def transformers_row(model, items, label: str) -> dict:
@@ -66,8 +52,8 @@ def transformers_row(model, items, label: str) -> dict:
     with torch.no_grad():
         for start in range(0, len(items), 16):
             chunk = items[start : start + 16]
-            batch, targets = demo_model.collate(chunk)
-            out = demo_model.answer_logits(model, batch).float()
+            batch, targets = demo_data.collate(chunk)
+            out = demo_data.answer_logits(model, batch).float()
             logits.append(out[:, 0].numpy())
             ok = (out.argmax(-1) == targets).all(-1).tolist()
             for it, good in zip(chunk, ok, strict=True):
@@ -124,7 +110,7 @@ def gguf_rows(folder: Path, records: list[dict], data_dir: Path, outtypes, threa
     return rows
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--questions", type=int, default=100, help="test questions per modality")
     parser.add_argument("--threads", type=int, default=2)
@@ -132,50 +118,45 @@ def main(argv=None) -> int:
     parser.add_argument("--no-gguf", action="store_true")
     parser.add_argument("--no-bnb", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return parser.parse_args(argv)
 
-    folder = demo_model.demo_checkpoint(verbose=True)
-    from transformers import AutoModelForCausalLM, AutoProcessor
 
-    import transformers_qwen3  # noqa: F401
+def encoded_items(processor, records: list[dict], questions: int) -> list:
+    """The same test questions :func:`demo.write_questions` wrote, encoded once for the transformers rows."""
+    from transformers_qwen3.demo.synthetic import SyntheticSplit
 
-    processor = AutoProcessor.from_pretrained(folder)
-    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        questions, records = demo.write_questions(Path(tmp) / "q", args.questions)
-        data_dir = questions.parent
-        # the same records, encoded once for the transformers rows (media read from the written files)
-        from transformers_qwen3.demo.synthetic import SyntheticSplit
+    items = [demo_data.encode(processor, s) for s in SyntheticSplit(demo_data.DATA_SEED, "test", 2 * questions)]
+    if [it.answer for it in items] != [demo.truth(r) for r in records]:
+        raise RuntimeError("the encoded test split is not the one written to disk: the two runtimes would differ")
+    return items
 
-        items = [
-            demo_model.encode(processor, s) for s in SyntheticSplit(demo_model.DATA_SEED, "test", 2 * args.questions)
-        ]
-        assert [it.answer for it in items] == [demo.truth(r) for r in records]
 
-        rows = []
-        full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        ref = transformers_row(full, items, "transformers fp32 (reference)")
-        rows.append(ref)
-        rows.append(transformers_row(full.to(torch.bfloat16), items, "transformers bf16"))
-        del full
-        if args.no_bnb:
-            rows.append({"label": "transformers int8 (bitsandbytes)", "skipped": "--no-bnb"})
-        else:
-            try:
-                model, n8 = load_bnb_int8(folder)
-            except Exception as e:  # noqa: BLE001 - report why, do not guess a number
-                rows.append({"label": "transformers int8 (bitsandbytes)", "skipped": f"{type(e).__name__}: {e}"})
-            else:
-                row = transformers_row(model, items, "transformers int8 (bitsandbytes)")
-                row["types"] = f"{n8} Linear8bitLt"
-                rows.append(row)
-                del model
-        if not args.no_gguf:
-            outtypes = [t.strip().lower() for t in args.gguf_types.split(",") if t.strip()]
-            rows += gguf_rows(folder, records, data_dir, outtypes, args.threads)
+def transformers_rows(folder: Path, items: list, no_bnb: bool) -> list[dict]:
+    """fp32 (the reference, first), bf16, and bitsandbytes int8 (or why it did not run)."""
+    from transformers import AutoModelForCausalLM
 
-    n = len(records)
-    print(f"\nDemo model, {n // 2} image + {n // 2} audio held-out questions; reference: transformers fp32.\n")
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    rows = [transformers_row(full, items, "transformers fp32 (reference)")]
+    rows.append(transformers_row(full.to(torch.bfloat16), items, "transformers bf16"))
+    del full
+    label = "transformers int8 (bitsandbytes)"
+    if no_bnb:
+        return [*rows, {"label": label, "skipped": "--no-bnb"}]
+    try:
+        model, n8 = load_bnb_int8(folder)
+    except Exception as e:  # noqa: BLE001 - report why, do not guess a number
+        return [*rows, {"label": label, "skipped": f"{type(e).__name__}: {e}"}]
+    row = transformers_row(model, items, label)
+    row["types"] = f"{n8} Linear8bitLt"
+    return [*rows, row]
+
+
+def print_table(rows: list[dict], n_questions: int) -> list[dict]:
+    """The Markdown table (reference: the first row); returns its rows for --json."""
+    ref = rows[0]
+    print(
+        f"\nDemo model, {n_questions // 2} image + {n_questions // 2} audio held-out questions; reference: transformers fp32.\n"
+    )
     print(
         "| runtime / weights | top-1 agreement | KL mean (nats) | KL max | image acc. | audio acc. | text GGUF size | "
         "text weight types |"
@@ -187,21 +168,34 @@ def main(argv=None) -> int:
             print(f"| {row['label']} | not run: {row['skipped']} | | | | | | |")
             table.append({"label": row["label"], "skipped": row["skipped"]})
             continue
-        m = compare(ref["logits"], row["logits"])
+        m = compare_logits(ref["logits"], row["logits"])
         size = f"{row['bytes'] / 1e6:.1f} MB" if "bytes" in row else ""
         print(
-            f"| {row['label']} | {m['top1']:.1%} | {m['kl_mean']:.2e} | {m['kl_max']:.2e} | "
+            f"| {row['label']} | {m['top1_agreement']:.1%} | {m['kl_mean']:.2e} | {m['kl_max']:.2e} | "
             f"{row['accuracy']['image']:.0%} | {row['accuracy']['audio']:.0%} | {size} | {row.get('types', '')} |"
         )
-        table.append(
-            {
-                "label": row["label"],
-                **m,
-                "accuracy": row["accuracy"],
-                "seconds": row["seconds"],
-                **{k: row[k] for k in ("bytes", "types", "mmproj") if k in row},
-            }
-        )
+        extra = {k: row[k] for k in ("bytes", "types", "mmproj") if k in row}
+        table.append({"label": row["label"], **m, "accuracy": row["accuracy"], "seconds": row["seconds"], **extra})
+    return table
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = demo_model.demo_checkpoint(verbose=True)
+    from transformers import AutoProcessor
+
+    import transformers_qwen3  # noqa: F401  (registers our classes with the Auto classes)
+
+    processor = AutoProcessor.from_pretrained(folder)
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        questions, records = demo.write_questions(Path(tmp) / "q", args.questions)
+        items = encoded_items(processor, records, args.questions)
+        rows = transformers_rows(folder, items, args.no_bnb)
+        if not args.no_gguf:
+            outtypes = [t.strip().lower() for t in args.gguf_types.split(",") if t.strip()]
+            rows += gguf_rows(folder, records, questions.parent, outtypes, args.threads)
+    table = print_table(rows, len(records))
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
     return 0

@@ -1,17 +1,22 @@
 """The demo model: shape rules, deterministic rebuild, and an honest check of the committed trained weights.
 
-Demo training never runs here (``python -m transformers_qwen3.demo.model train`` does, docs/demo.md); these tests
-rebuild the checkpoint from the committed part (seconds) and ask it held-out questions.
+Full demo training never runs here (``transformers-qwen3 demo retrain`` does, docs/demo.md); these tests rebuild the
+checkpoint from the committed part (seconds) and ask it held-out questions, and run the recorded recipe for a few
+steps.
 """
 
+import argparse
+import dataclasses
 import hashlib
 import json
 
 import pytest
 import torch
 
+from transformers_qwen3.demo import data as demo_data
 from transformers_qwen3.demo import model as demo_model
 from transformers_qwen3.demo import run as demo
+from transformers_qwen3.demo.evaluate import evaluate
 from transformers_qwen3.demo.model import (
     AUDIO_CONFIG,
     RECORD_FILE,
@@ -23,6 +28,7 @@ from transformers_qwen3.demo.model import (
     load_trained,
     sha256_tensor,
 )
+from transformers_qwen3.demo.recipe import RECIPE, comparison, reproduce
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +110,10 @@ def test_answer_position_logits_equal_full_logits(trained_model, processor):
     """The training shortcut (logits_to_keep as a tensor of the two labelled columns) is exact."""
     from transformers_qwen3.demo.synthetic import SyntheticSplit
 
-    items = [demo_model.encode(processor, s) for s in SyntheticSplit(demo_model.DATA_SEED, "validation", 4)]
-    batch, _ = demo_model.collate(items)
+    items = [demo_data.encode(processor, s) for s in SyntheticSplit(demo_data.DATA_SEED, "validation", 4)]
+    batch, _ = demo_data.collate(items)
     with torch.no_grad():
-        few = demo_model.answer_logits(trained_model, batch)
+        few = demo_data.answer_logits(trained_model, batch)
         full = trained_model(**batch, use_cache=False).logits[:, -3:-1]
     diff = float((few - full).abs().max())
     assert diff < 1e-4, f"max |diff| {diff}"
@@ -115,8 +121,8 @@ def test_answer_position_logits_equal_full_logits(trained_model, processor):
 
 def test_trained_model_answers_held_out_questions(trained_model, processor):
     """An honest check of the artifact: fresh test-split questions, exact match on the greedy answer."""
-    items = demo_model.encode_split(processor, "test", 40)
-    acc = demo_model.evaluate(trained_model, items)
+    items = demo_data.encode_split(processor, "test", 40)
+    acc = evaluate(trained_model, items)
     assert acc["n_image"] == 20 and acc["n_audio"] == 20
     # trained to >= 90 % on 400 test questions (training.json); a few borderline answers may flip elsewhere
     assert acc["image"] >= 0.85 and acc["audio"] >= 0.85, acc
@@ -186,3 +192,59 @@ def test_llama_cpp_answers_like_transformers(cached_folder, tmp_path):
     assert (gguf.name, mmproj.name) == (f"{cached_folder.name}-Q8_0.gguf", f"mmproj-{cached_folder.name}-Q8_0.gguf")
     llama = demo.run_llama_cpp_one(gguf, mmproj, questions.parent, records, threads=1)
     assert llama["answers"] == ours["answers"], (llama["answers"], ours["answers"], [demo.truth(r) for r in records])
+
+
+def test_recipe_is_the_recorded_one():
+    """The recipe in the package is what training.json says made the committed weights: stage 1, then stage 2
+    continued from it (the record's top level is the last stage, ``continued_from`` the first)."""
+    record = json.loads(RECORD_FILE.read_text())
+    stages = [record["continued_from"], record]
+    assert len(RECIPE) == len(stages) and "continued_from" not in stages[0]
+    for stage, recorded in zip(RECIPE, stages, strict=True):
+        assert dataclasses.asdict(stage.settings) == recorded["settings"], stage.name
+        assert stage.measure == (recorded["step_speed"] is not None), stage.name
+        assert (stage.init_from is not None) == ("--init-from" in recorded["command"]), stage.name
+    assert RECIPE[1].init_from == RECIPE[0].name
+
+
+def test_recipe_runs_both_stages_and_records_them(tmp_path, qwen3_tokenizer):
+    """The two-stage chain on a few steps: each stage writes weights + record, the second starts from the first."""
+    tiny = dict(steps=2, batch_size=2, warmup=1, n_train=8, n_val=4, n_test=4, eval_every=1)
+    out = tmp_path / "out"
+    record = reproduce(out, overrides=tiny, tokenizer=qwen3_tokenizer)
+    first = out / RECIPE[0].name / TRAINED_FILE.name
+    last = out / TRAINED_FILE.name
+    assert json.loads((out / RECORD_FILE.name).read_text()) == record
+    assert record["trained_sha256"] == hashlib.sha256(last.read_bytes()).hexdigest()
+    earlier = record["continued_from"]
+    assert earlier["trained_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest() != record["trained_sha256"]
+    assert f"--init-from {first}" in record["command"] and "--init-from" not in earlier["command"]
+    assert earlier["step_speed"] is not None and record["step_speed"] is None  # as recorded: stage 1 timed steps
+    assert [h["step"] for h in record["history"]] == [1, 2]
+    assert record["settings"] == {**dataclasses.asdict(RECIPE[1].settings), **tiny}
+    assert record["embedding_sha256"] == json.loads(RECORD_FILE.read_text())["embedding_sha256"]
+    lines = comparison(record, json.loads(RECORD_FILE.read_text()))
+    assert lines[-1].startswith("weights differ from the committed file"), lines
+
+
+def test_demo_steps_are_wired_to_their_modules():
+    """`transformers-qwen3 demo STEP`: each step parses its own options and runs its own module's `run`."""
+    from transformers_qwen3.demo import cli as demo_cli
+    from transformers_qwen3.demo import recipe, synthetic
+    from transformers_qwen3.demo.train import Train
+
+    parser = argparse.ArgumentParser()
+    demo_cli.add_arguments(parser)
+    cases = {
+        ("run", "--questions", "2", "--no-llama-cpp"): (demo.run, {"questions": 2, "no_llama_cpp": True}),
+        ("train", "--steps", "3", "--no-measure"): (Train.run, {"steps": 3, "no_measure": True}),
+        ("retrain", "out"): (recipe.Retrain.run, {}),
+        ("build",): (demo_model.Build.run, {"dst": None}),
+        ("synthetic", "out", "--n-train", "5"): (synthetic.run, {"n_train": 5}),
+    }
+    for argv, (run, values) in cases.items():
+        args = parser.parse_args(list(argv))
+        assert args.demo_run == run, argv
+        assert {k: getattr(args, k) for k in values} == values, argv
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # a step is required

@@ -17,8 +17,20 @@ import pytest
 import soundfile
 from PIL import Image
 
+from transformers_qwen3 import cli
 from transformers_qwen3.demo import synthetic
 from transformers_qwen3.demo.synthetic import ANSWERS, SPLITS, make_dataset, make_sample
+from transformers_qwen3.errors import UserError
+
+# The verb-table line the demo's commands live under (src/transformers_qwen3/cli.py). Set here until the table has it.
+DEMO_VERB = ("transformers_qwen3.demo.cli", "the demo model: run, build, eval, train, retrain, synthetic data")
+
+
+def _synthetic_cli(argv: list[str], monkeypatch) -> int:
+    """``transformers-qwen3 demo synthetic ARGV``: the command a user types."""
+    monkeypatch.setitem(cli.VERBS, "demo", cli.VERBS.get("demo", DEMO_VERB))
+    return cli.main(["demo", "synthetic", *argv])
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Oracles
@@ -116,11 +128,11 @@ ALL_TASKS = dict(image_tasks=synthetic.IMAGE_TASKS, audio_tasks=synthetic.AUDIO_
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, monkeypatch):
     a = make_dataset(tmp_path / "a", 12, 4, 4, seed=7, **ALL_TASKS)
-    assert synthetic.main([str(tmp_path / "b"), "--n-train", "12", "--n-val", "4", "--n-test", "4", "--seed", "7",
+    assert _synthetic_cli([str(tmp_path / "b"), "--n-train", "12", "--n-val", "4", "--n-test", "4", "--seed", "7",
                            "--image-tasks", ",".join(synthetic.IMAGE_TASKS),
-                           "--audio-tasks", ",".join(synthetic.AUDIO_TASKS)]) == 0  # fmt: skip
+                           "--audio-tasks", ",".join(synthetic.AUDIO_TASKS)], monkeypatch) == 0  # fmt: skip
     c = make_dataset(tmp_path / "c", 12, 4, 4, seed=8, **ALL_TASKS)
     fa, fb, fc = _files(a), _files(tmp_path / "b"), _files(c)
     assert len(fa) == 3 + 1 + 20  # three jsonl, dataset_info.json, one media file per record
@@ -248,24 +260,28 @@ def test_messages_format_and_split_sequence():
         split[5]
 
 
-def test_bad_input_is_reported(tmp_path, capsys):
+def test_bad_input_is_reported(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="multiple of 32"):
         make_sample(0, "train", 0, image_size=48)
     with pytest.raises(ValueError, match="split must be one of"):
         make_sample(0, "dev", 0)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(UserError, match="seed"):  # the CLI's one-line errors
         make_dataset(tmp_path / "x", 1, 1, 1, seed=-1)
     assert not (tmp_path / "x").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="overwrite"):
         make_dataset(tmp_path / "full", 1, 1, 1)
-    assert synthetic.main([str(tmp_path / "full"), "--n-train", "1"]) == 2
-    assert "overwrite" in capsys.readouterr().err
+    assert _synthetic_cli([str(tmp_path / "full"), "--n-train", "1"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("transformers-qwen3 demo: error:") and "overwrite" in err and err.count("\n") == 1, err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temporary folders left behind
     assert (
-        synthetic.main([str(tmp_path / "full"), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--overwrite"]) == 0
+        _synthetic_cli(
+            [str(tmp_path / "full"), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--overwrite"], monkeypatch
+        )
+        == 0
     )
     assert not (tmp_path / "full" / "keep.txt").exists()
     assert len((tmp_path / "full" / "train.jsonl").read_text().splitlines()) == 2

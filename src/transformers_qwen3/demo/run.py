@@ -7,12 +7,13 @@
    ``AutoModelForCausalLM`` / ``AutoProcessor`` with ``trust_remote_code=True``) and answer held-out image and audio
    questions of the synthetic task (:mod:`transformers_qwen3.demo.synthetic`, test split) by greedy generation.
 3. llama.cpp: convert the folder to GGUF (F16 and Q8_0, each with its mmproj) and answer the same questions with
-   llama-cpp-python (text through ``llama_cpp.Llama``, images and audio through ``llama_cpp.mtmd_cpp``). Needs
+   llama-cpp-python (text through ``llama_cpp.Llama``, images and audio through ``llama_cpp.mtmd_cpp``, both driven
+   by :mod:`transformers_qwen3.runtime.llama_cpp`), each GGUF in a spawned worker process. Needs
    ``transformers_qwen3.convert`` and the patched llama-cpp-python (``make llama-cpp``); without them the demo says
    so and shows the transformers half only.
 4. Print a few answers side by side, then each runtime's held-out accuracy and speed.
 
-``python -m transformers_qwen3.demo.run --help`` lists the options (question count, threads, which GGUF types).
+``transformers-qwen3 demo run --help`` lists the options (question count, threads, which GGUF types).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class RuntimeUnavailable(RuntimeError):
 
 def write_questions(folder: Path, n_per_kind: int = N_PER_KIND) -> tuple[Path, list[dict]]:
     """Held-out test questions (images / clips on disk, as a user would have them). Returns the JSONL and records."""
-    from .model import DATA_SEED
+    from .data import DATA_SEED
     from .synthetic import make_dataset
 
     make_dataset(folder, n_train=0, n_val=0, n_test=2 * n_per_kind, seed=DATA_SEED, overwrite=True)
@@ -140,20 +141,18 @@ def run_transformers(folder: Path, data_dir: Path, questions: Path, threads: int
 
 def llama_cpp_status() -> str | None:
     """None when the llama.cpp half can run, else why not (and how to fix it)."""
-    import importlib.util
+    from ..errors import MissingDependencyError
+    from ..runtime.llama_cpp import mtmd_module
 
     missing = []
     try:
         from ..convert import convert_checkpoint  # noqa: F401
     except ImportError as e:
         missing.append(f"the GGUF converter (transformers_qwen3.convert) is not installed ({e})")
-    if importlib.util.find_spec("llama_cpp") is None:
-        missing.append("llama-cpp-python is not installed (`make llama-cpp` builds the patched wheel)")
-    else:
-        try:
-            import llama_cpp.mtmd_cpp  # noqa: F401
-        except Exception as e:  # noqa: BLE001 - a wheel without libmtmd raises OSError, ImportError ...
-            missing.append(f"llama-cpp-python has no usable mtmd library ({type(e).__name__}: {e})")
+    try:
+        mtmd_module("the demo's llama.cpp half")
+    except MissingDependencyError as e:
+        missing.append(f"{e} ({e.__cause__})")
     return "; ".join(missing) or None
 
 
@@ -174,121 +173,12 @@ def gguf_files(folder: Path, outtype: str, gguf_dir: Path) -> tuple[Path, Path]:
     return text, mmproj
 
 
-class LlamaCppModel:
-    """A GGUF text model + its mmproj in llama.cpp: greedy answers and the logits of the first answer token.
-
-    The prompt is our chat template's text with each media part replaced by mtmd's marker (mtmd writes the
-    ``<|vision_start|>``/``<|audio_start|>`` wrappers and the embeddings itself); the whole prompt goes through
-    ``mtmd_helper_eval_chunks`` and the answer is decoded one token at a time after it.
-    """
-
-    def __init__(self, gguf: Path, mmproj: Path, n_threads: int, n_ctx: int = 512):
-        import llama_cpp
-        import llama_cpp.mtmd_cpp as mtmd
-
-        self.llama_cpp, self.mtmd = llama_cpp, mtmd
-        self.llm = llama_cpp.Llama(
-            model_path=str(gguf),
-            n_ctx=n_ctx,
-            n_batch=n_ctx,
-            n_ubatch=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            verbose=False,
-        )
-        params = mtmd.mtmd_context_params_default()
-        params.use_gpu = False
-        params.n_threads = n_threads
-        params.print_timings = False
-        params.warmup = False
-        self.ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), self.llm.model, params)
-        if not self.ctx:
-            self.llm.close()
-            raise RuntimeError(f"mtmd could not load {mmproj.name} next to {gguf.name} (see llama.cpp's log)")
-        self.marker = mtmd.mtmd_default_marker().decode()
-        self.n_vocab = self.llm.n_vocab()
-        self.eog = {
-            i
-            for i in range(self.n_vocab - 512, self.n_vocab)
-            if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, i)
-        }
-
-    def close(self):
-        if self.ctx:
-            self.mtmd.mtmd_free(self.ctx)
-            self.ctx = None
-        self.llm.close()
-
-    def _logits(self):
-        import numpy as np
-
-        ptr = self.llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-
-    def answer(self, prompt: str, media_path: Path, max_new_tokens: int = MAX_NEW_TOKENS):
-        """Greedy answer to ``prompt`` (containing one marker) about ``media_path``; returns (token ids, the first
-        step's logits as a float32 numpy array)."""
-        import ctypes
-
-        from llama_cpp._internals import LlamaBatch
-
-        llama_cpp, mtmd = self.llama_cpp, self.mtmd
-        self.llm._ctx.kv_cache_clear()
-        bitmap = mtmd.mtmd_helper_bitmap_init_from_file(self.ctx, str(media_path).encode(), False)
-        if not bitmap:
-            raise RuntimeError(f"mtmd could not read {media_path}")
-        chunks = mtmd.mtmd_input_chunks_init()
-        try:
-            text = mtmd.mtmd_input_text()
-            encoded = prompt.encode()
-            text.text, text.text_len, text.add_special, text.parse_special = encoded, len(encoded), False, True
-            bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            rc = mtmd.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), bitmaps, 1)
-            if rc != 0:
-                raise RuntimeError(f"mtmd_tokenize failed ({rc}) on {media_path}")
-            n_past = llama_cpp.llama_pos(0)
-            rc = mtmd.mtmd_helper_eval_chunks(
-                self.ctx, self.llm._ctx.ctx, chunks, 0, 0, self.llm.n_batch, True, ctypes.byref(n_past)
-            )
-            if rc != 0:
-                raise RuntimeError(f"mtmd_helper_eval_chunks failed ({rc}) on {media_path}")
-        finally:
-            mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
-        first = self._logits()
-        logits, tokens, pos = first, [], n_past.value
-        batch = LlamaBatch(n_tokens=1, embd=0, n_seq_max=1, verbose=False)
-        try:
-            for _ in range(max_new_tokens):
-                token = int(logits.argmax())
-                if token in self.eog:
-                    break
-                tokens.append(token)
-                batch.set_batch([token], n_past=pos, logits_all=False)
-                self.llm._ctx.decode(batch)
-                pos += 1
-                logits = self._logits()
-        finally:
-            batch.close()
-        return tokens, first
-
-    def detokenize(self, tokens) -> str:
-        return self.llm.detokenize(tokens).decode("utf-8", errors="replace")
-
-
-def llama_cpp_prompt(processor, question_text: str, kind: str, marker: str) -> str:
-    """Our chat template's prompt text with the media part written as mtmd's marker."""
+def llama_cpp_prompt(processor, question_text: str, kind: str) -> str:
+    """Our chat template's prompt text for one question about one picture or clip (its media block still in)."""
     messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question_text}]}]
-    prompt = processor.tokenizer.apply_chat_template(
+    return processor.tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, enable_thinking=False, tokenize=False
     )
-    wrapped = {
-        "image": "<|vision_start|><|image_pad|><|vision_end|>",
-        "audio": "<|audio_start|><|audio_pad|><|audio_end|>",
-    }
-    if wrapped[kind] not in prompt:
-        raise RuntimeError(f"the chat template did not write {wrapped[kind]!r} for a {kind} part: {prompt!r}")
-    return prompt.replace(wrapped[kind], marker)
 
 
 def run_llama_cpp_one(
@@ -297,39 +187,55 @@ def run_llama_cpp_one(
     """Answer every record with one GGUF; the result mirrors :func:`run_transformers`'s."""
     from ..checkpoint.tokenizer import build_qwen3_tokenizer
     from ..remote.processing_qwen3_multimodal import Qwen3MultimodalProcessor
+    from ..runtime.llama_cpp import LlamaCppModel
 
     processor = Qwen3MultimodalProcessor(tokenizer=build_qwen3_tokenizer())
     t0 = time.perf_counter()
-    model = LlamaCppModel(gguf, mmproj, threads)
-    load_s = time.perf_counter() - t0
     answers, seconds, first_logits = [], [], []
-    try:
+    with LlamaCppModel(gguf, mmproj, threads) as model:
+        load_s = time.perf_counter() - t0
         for rec in records:
             kind, media, question = question_parts(rec)
-            prompt = llama_cpp_prompt(processor, question, kind, model.marker)
+            prompt = model.media_prompt(llama_cpp_prompt(processor, question, kind), [kind])
             t0 = time.perf_counter()
-            tokens, first = model.answer(prompt, data_dir / media)
+            tokens, _, first = model.answer(prompt, [model.file_bitmap(data_dir / media)], MAX_NEW_TOKENS)
             seconds.append(time.perf_counter() - t0)
             answers.append(model.detokenize(tokens).strip())
             if keep_logits:
                 first_logits.append(first)
-    finally:
-        model.close()
-    out = {
-        "runtime": "llama.cpp",
-        "gguf": gguf.name,
-        "mmproj": mmproj.name,
-        "load_s": load_s,
-        "answers": answers,
-        "seconds": seconds,
-        "threads": threads,
-    }
+    out = {"runtime": "llama.cpp", "gguf": gguf.name, "mmproj": mmproj.name, "load_s": load_s}
+    out |= {"answers": answers, "seconds": seconds, "threads": threads}
     if keep_logits:
         out["first_logits"] = first_logits
     return out
 
 
-def run_llama_cpp(folder: Path, data_dir: Path, questions: Path, outtypes, threads: int) -> list[dict]:
+def _answer_in_child(log: Path, *args) -> dict:
+    """:func:`run_llama_cpp_one` in the worker process, llama.cpp's own log (fd 2) going to ``log``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return run_llama_cpp_one(*args)
+
+
+def run_isolated(gguf: Path, mmproj: Path, data_dir: Path, records: list[dict], threads: int) -> dict:
+    """:func:`run_llama_cpp_one` in a fresh (spawned) process: a crash in native code ends that process, not the
+    demo, and is reported with the end of llama.cpp's log."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    log = data_dir / f"llama-{gguf.stem}.log"
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        job = pool.submit(_answer_in_child, log, gguf, mmproj, data_dir, records, threads)
+        try:
+            return job.result()
+        except BrokenProcessPool as e:
+            tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
+            raise RuntimeError(f"llama.cpp crashed on {gguf.name}; the end of its log:\n{tail}") from e
+
+
+def run_llama_cpp(folder: Path, data_dir: Path, records: list[dict], outtypes, threads: int) -> list[dict]:
     """Convert and answer with each GGUF type, each in its own process (a llama.cpp crash must not end the demo)."""
     reason = llama_cpp_status()
     if reason:
@@ -343,39 +249,12 @@ def run_llama_cpp(folder: Path, data_dir: Path, questions: Path, outtypes, threa
         t0 = time.perf_counter()
         text, mmproj = gguf_files(folder, outtype, gguf_dir)
         convert_s = time.perf_counter() - t0
-        out = data_dir / f"llama-{outtype}.json"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "transformers_qwen3.demo.run",
-                "--llama-cpp-worker",
-                str(text),
-                str(mmproj),
-                str(data_dir),
-                str(questions),
-                str(out),
-                str(threads),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"llama.cpp run on {text.name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        result = json.loads(out.read_text())
+        result = run_isolated(text, mmproj, data_dir, records, threads)
         result["label"] = f"llama.cpp {outtype.upper()}"
         result["convert_s"] = convert_s
         result["bytes"] = text.stat().st_size + mmproj.stat().st_size
         results.append(result)
     return results
-
-
-def _llama_cpp_worker(argv) -> int:
-    gguf, mmproj, data_dir, questions, out, threads = argv
-    records = [json.loads(line) for line in Path(questions).read_text(encoding="utf-8").splitlines()]
-    result = run_llama_cpp_one(Path(gguf), Path(mmproj), Path(data_dir), records, int(threads))
-    Path(out).write_text(json.dumps(result))
-    return 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -456,26 +335,19 @@ def _human(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--llama-cpp-worker"]:
-        return _llama_cpp_worker(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m transformers_qwen3.demo.run", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=N_PER_KIND, help="held-out questions per modality")
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="CPU threads per runtime")
     parser.add_argument("--gguf-types", default=",".join(DEFAULT_GGUF_TYPES), help="GGUF types for llama.cpp")
     parser.add_argument("--no-llama-cpp", action="store_true", help="transformers only")
-    args = parser.parse_args(argv)
 
-    from .model import TRAINED_FILE, demo_checkpoint
 
-    t_start = time.perf_counter()
+def show_model() -> Path:
+    """Get the demo model's folder (rebuilt into the cache on first use) and say what it is."""
+    from .model import RECORD_FILE, demo_checkpoint
+
     print("== the demo model ==")
-    record = (
-        json.loads((TRAINED_FILE.parent / "training.json").read_text())
-        if (TRAINED_FILE.parent / "training.json").is_file()
-        else {}
-    )
+    record = json.loads(RECORD_FILE.read_text()) if RECORD_FILE.is_file() else {}
     t0 = time.perf_counter()
     folder = demo_checkpoint(verbose=True)
     print(
@@ -485,41 +357,46 @@ def main(argv=None) -> int:
     print(f"Hub-layout folder ({time.perf_counter() - t0:.1f}s): {folder}")
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:36s} {_human(path.stat().st_size):>9s}")
+    return folder
 
-    with tempfile.TemporaryDirectory(prefix="qwen3-demo-") as tmp:
-        data_dir = Path(tmp)
-        questions, records = write_questions(data_dir / "questions", args.questions)
-        data_dir = questions.parent
 
-        print("\n== transformers (clean process: AutoModelForCausalLM + AutoProcessor, trust_remote_code) ==")
-        results = [run_transformers(folder, data_dir, questions, args.threads)]
-        r = results[0]
+def transformers_half(folder: Path, data_dir: Path, questions: Path, n_records: int, threads: int) -> dict:
+    print("\n== transformers (clean process: AutoModelForCausalLM + AutoProcessor, trust_remote_code) ==")
+    r = run_transformers(folder, data_dir, questions, threads)
+    print(
+        f"loaded {r['class']} from the folder's remote code ({r['module'].split('.')[0]}) in {r['load_s']:.1f}s; "
+        f"answered {n_records} questions"
+    )
+    return r
+
+
+def llama_cpp_half(folder: Path, data_dir: Path, records: list[dict], args: argparse.Namespace) -> list[dict]:
+    print("\n== llama.cpp (llama-cpp-python + mtmd) ==")
+    if args.no_llama_cpp:
+        print("skipped (--no-llama-cpp)")
+        return []
+    outtypes = [t.strip().lower() for t in args.gguf_types.split(",") if t.strip()]
+    try:
+        results = run_llama_cpp(folder, data_dir, records, outtypes, args.threads)
+    except RuntimeUnavailable as e:
+        print(f"NOT RUN: {e}.\nOnly the transformers half is shown; nothing below comes from llama.cpp.")
+        return []
+    for r in results:
         print(
-            f"loaded {r['class']} from the folder's remote code ({r['module'].split('.')[0]}) in {r['load_s']:.1f}s; "
-            f"answered {len(records)} questions"
+            f"{r['gguf']} + {r['mmproj']} ({_human(r['bytes'])}; converted or found in the cache in "
+            f"{r['convert_s']:.1f}s)"
         )
+    return results
 
-        print("\n== llama.cpp (llama-cpp-python + mtmd) ==")
-        outtypes = [t.strip().lower() for t in args.gguf_types.split(",") if t.strip()]
-        if args.no_llama_cpp:
-            print("skipped (--no-llama-cpp)")
-        else:
-            try:
-                llama = run_llama_cpp(folder, data_dir, questions, outtypes, args.threads)
-            except RuntimeUnavailable as e:
-                print(f"NOT RUN: {e}.\nOnly the transformers half is shown; nothing below comes from llama.cpp.")
-            else:
-                for r in llama:
-                    print(
-                        f"{r['gguf']} + {r['mmproj']} ({_human(r['bytes'])}; converted or found in the cache in "
-                        f"{r['convert_s']:.1f}s)"
-                    )
-                results += llama
 
+def run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    folder = show_model()
+    with tempfile.TemporaryDirectory(prefix="qwen3-demo-") as tmp:
+        questions, records = write_questions(Path(tmp) / "questions", args.questions)
+        data_dir = questions.parent
+        results = [transformers_half(folder, data_dir, questions, len(records), args.threads)]
+        results += llama_cpp_half(folder, data_dir, records, args)
         print_report(records, results)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

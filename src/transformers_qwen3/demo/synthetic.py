@@ -23,7 +23,7 @@ wall-clock timestamp into float WAV files, which would break byte-identical outp
 quantised to the same 16-bit grid, so ``soundfile.read(path, dtype="float32")`` returns exactly what
 :func:`render_audio` returns.
 
-CLI: ``python -m transformers_qwen3.demo.synthetic OUT --n-train 2000 --n-val 200 --n-test 200 --seed 0``.
+CLI: ``transformers-qwen3 demo synthetic OUT --n-train 2000 --n-val 200 --n-test 200 --seed 0``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 from PIL import Image, ImageDraw
+
+from ..errors import OutputError, UserError
 
 __all__ = [
     "ANSWERS",
@@ -57,7 +58,6 @@ __all__ = [
     "Sample",
     "SyntheticSplit",
     "add_arguments",
-    "main",
     "make_dataset",
     "make_sample",
     "render_audio",
@@ -352,6 +352,10 @@ class Sample:
         return meta
 
 
+class SyntheticOptionError(UserError, ValueError):
+    """An option of the data set that cannot be used; the message names it and what is allowed."""
+
+
 def _check_options(
     seed: int,
     kinds: Sequence[str],
@@ -360,17 +364,17 @@ def _check_options(
     audio_tasks: Sequence[str],
 ) -> None:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise SyntheticOptionError(f"seed must be a non-negative integer, got {seed!r}")
     if not kinds or any(k not in KINDS for k in kinds) or len(set(kinds)) != len(kinds):
-        raise ValueError(f"kinds must be distinct values from {KINDS}, got {tuple(kinds)!r}")
+        raise SyntheticOptionError(f"kinds must be distinct values from {KINDS}, got {tuple(kinds)!r}")
     if not isinstance(image_size, (int, np.integer)) or image_size < 32 or image_size % 32:
-        raise ValueError(
+        raise SyntheticOptionError(
             f"image_size must be a positive multiple of 32 (patch 16 x spatial merge 2; llama.cpp parity needs it), "
             f"got {image_size!r}; try 64"
         )
     for name, tasks, allowed in (("image_tasks", image_tasks, IMAGE_TASKS), ("audio_tasks", audio_tasks, AUDIO_TASKS)):
         if not tasks or any(t not in allowed for t in tasks):
-            raise ValueError(f"{name} must be a non-empty selection from {allowed}, got {tuple(tasks)!r}")
+            raise SyntheticOptionError(f"{name} must be a non-empty selection from {allowed}, got {tuple(tasks)!r}")
 
 
 def _split_bucket(seed: int, key: str) -> float:
@@ -494,12 +498,12 @@ def make_dataset(
     counts = {"train": n_train, "validation": n_val, "test": n_test}
     for name, n in counts.items():
         if not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"the number of {name} samples must be a non-negative integer, got {n!r}")
+            raise SyntheticOptionError(f"the number of {name} samples must be a non-negative integer, got {n!r}")
     _check_options(seed, kinds, image_size, options["image_tasks"], options["audio_tasks"])
 
     out = Path(out_dir)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; choose another folder or pass overwrite=True")
+        raise OutputError(f"{out} already exists and is not empty; choose another folder or pass overwrite=True")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -563,34 +567,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        out = make_dataset(
-            args.out,
-            args.n_train,
-            args.n_val,
-            args.n_test,
-            seed=args.seed,
-            kinds=args.kinds,
-            image_size=args.image_size,
-            image_tasks=args.image_tasks,
-            audio_tasks=args.audio_tasks,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    out = make_dataset(
+        args.out,
+        args.n_train,
+        args.n_val,
+        args.n_test,
+        seed=args.seed,
+        kinds=args.kinds,
+        image_size=args.image_size,
+        image_tasks=args.image_tasks,
+        audio_tasks=args.audio_tasks,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.n_train} train, {args.n_val} validation, {args.n_test} test samples to {out}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m transformers_qwen3.demo.synthetic",
-        description="Write the synthetic image/audio question-answering data set used to train the demo model.",
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
