@@ -234,14 +234,13 @@ def evaluate(model, rows, labels, batch=100) -> float:
     return correct / len(rows)
 
 
-def run_arm(args) -> dict:
+def prepare_arm(args):
+    """(model with only this arm's parameters trainable, head description, embedding size, optimizer, lr)."""
     from transformers import AutoModelForSequenceClassification
 
     import transformers_qwen3  # noqa: F401  (registers our classes with the Auto mappings)
-    from transformers_qwen3.training.lora import apply_lora, lora_config, trainable_parameters
+    from transformers_qwen3.training.lora import apply_lora, lora_config
 
-    torch.set_num_threads(args.threads)
-    data = torch.load(Path(args.work) / "data.pt")
     arm = ARMS[args.arm]
     torch.manual_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(Path(args.work) / "base", num_labels=2)
@@ -260,17 +259,18 @@ def run_arm(args) -> dict:
         )
         model = apply_lora(model, config)
     model.train()
-    report = trainable_parameters(model)
-    trainable_embedding = embedding if args.arm == "full" else 0
     params = [p for p in model.parameters() if p.requires_grad]
     # fused AdamW (one kernel over all tensors) keeps the full arm's optimizer step as cheap as torch makes it
     lr = arm_lr(args, args.arm)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    return model, head, embedding, optimizer, lr
+
+
+def fine_tune(model, optimizer, data: dict, args) -> dict:
+    """The arm's training steps (timed: wall and CPU) until the validation target or ``--steps``."""
     rows, labels = data["train"], data["train_labels"]
     order = random.Random(args.seed)  # the same batches, in the same order, for every arm
     batches = [order.sample(range(len(rows)), args.batch_size) for _ in range(args.steps)]
-    rss_loaded = memory_mb("VmRSS")
-
     wall = cpu = 0.0
     reached, val_accuracy, curve = None, 0.0, []
     for step, index in enumerate(batches, 1):
@@ -287,8 +287,27 @@ def run_arm(args) -> dict:
             if val_accuracy >= args.target:
                 reached = step
                 break
+    return {
+        "steps": step,
+        "reached": reached,
+        "val_accuracy": val_accuracy,
+        "curve": curve,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "final_loss": loss.item(),
+    }
 
-    accuracy = evaluate(model, data["test"], data["test_labels"])
+
+def run_arm(args) -> dict:
+    from transformers_qwen3.training.lora import trainable_parameters
+
+    torch.set_num_threads(args.threads)
+    data = torch.load(Path(args.work) / "data.pt")
+    model, head, embedding, optimizer, lr = prepare_arm(args)
+    report = trainable_parameters(model)
+    trainable_embedding = embedding if args.arm == "full" else 0
+    rss_loaded = memory_mb("VmRSS")
+    trained = fine_tune(model, optimizer, data, args)
     return {
         "arm": args.arm,
         "trainable": report.trainable,
@@ -297,16 +316,10 @@ def run_arm(args) -> dict:
         "non_embedding_total": report.total - embedding,
         "non_embedding_trainable": report.trainable - trainable_embedding,
         "lr": lr,
-        "steps": step,
-        "reached": reached,
-        "val_accuracy": val_accuracy,
-        "curve": curve,
-        "wall_s": wall,
-        "cpu_s": cpu,
+        **trained,
         "peak_rss_mb": memory_mb("VmHWM"),
         "loaded_rss_mb": rss_loaded,
-        "accuracy": accuracy,
-        "final_loss": loss.item(),
+        "accuracy": evaluate(model, data["test"], data["test_labels"]),
         "head": head,
     }
 
@@ -399,7 +412,7 @@ def table(results: dict, pretrain_info: dict, args) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="most fine-tuning steps per arm")
     parser.add_argument("--target", type=float, default=0.98, help="stop an arm at this validation accuracy")
@@ -422,12 +435,48 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=Path, help="keep data + base in this folder and reuse them on the next run")
     parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # internal: run one arm
     parser.add_argument("--work", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def data_and_base(args, work: Path) -> tuple[dict, dict]:
+    """The task's data and the pretrained base in ``work``: reused when there, else built (pretraining the base)."""
+    if (work / "pretrain.json").is_file():
+        print(f"reusing data and base in {work}", file=sys.stderr)
+        return torch.load(work / "data.pt"), json.loads((work / "pretrain.json").read_text())
+    print("building data (tokenizer) ...", file=sys.stderr, flush=True)
+    data = build_data(args)
+    torch.save(data, work / "data.pt")
+    print("pretraining the base ...", file=sys.stderr, flush=True)
+    info = pretrain(args, data, work / "base")
+    (work / "pretrain.json").write_text(json.dumps(info))
+    return data, info
+
+
+def run_arms(args, work: Path, argv) -> dict | None:
+    """Each arm in its own process (its peak memory is its own); None if one failed (its stderr printed)."""
+    results = {}
+    for arm in args.arms.split(","):
+        print(f"fine-tuning: {arm} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work)] + (argv or sys.argv[1:])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return None
+        r = results[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(
+            f"  {arm}: accuracy {r['accuracy']:.3f}, cpu {r['cpu_s']:.1f} s, peak {r['peak_rss_mb']:.0f} MB, "
+            f"validation curve {r['curve']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.arm:  # child process
         print(json.dumps(run_arm(args)))
         return 0
-
     torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
         if args.keep:  # reuse (or create) the data and base here: sweeps over arms / learning rates skip pretraining
@@ -435,34 +484,12 @@ def main(argv=None) -> int:
             work.mkdir(parents=True, exist_ok=True)
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-lora-")))
-        if (work / "pretrain.json").is_file():
-            data, info = torch.load(work / "data.pt"), json.loads((work / "pretrain.json").read_text())
-            print(f"reusing data and base in {work}", file=sys.stderr)
-        else:
-            print("building data (tokenizer) ...", file=sys.stderr, flush=True)
-            data = build_data(args)
-            torch.save(data, work / "data.pt")
-            print("pretraining the base ...", file=sys.stderr, flush=True)
-            info = pretrain(args, data, work / "base")
-            (work / "pretrain.json").write_text(json.dumps(info))
+        data, info = data_and_base(args, work)
         print("examples:", *(f"  {t!r} -> {LABELS[y]}" for t, y in data["examples"]), sep="\n", file=sys.stderr)
         args.test_disagree = data["test_disagree"]
-        results = {}
-        for arm in args.arms.split(","):
-            print(f"fine-tuning: {arm} ...", file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work)] + (argv or sys.argv[1:])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return 1
-            results[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
-            r = results[arm]
-            print(
-                f"  {arm}: accuracy {r['accuracy']:.3f}, cpu {r['cpu_s']:.1f} s, peak {r['peak_rss_mb']:.0f} MB, "
-                f"validation curve {r['curve']}",
-                file=sys.stderr,
-                flush=True,
-            )
+        results = run_arms(args, work, argv)
+    if results is None:
+        return 1
     text = table(results, info, args)
     print(check_head_layout())
     print(text)

@@ -41,14 +41,8 @@ def timed(fn, rounds):
     return statistics.median(times)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
+def build_models():
+    """(native Qwen3-VL, ours, native Qwen3-Omni audio encoder), ours holding the native models' random weights."""
     text = {
         **text_config("0.6b"),
         "rope_parameters": {
@@ -68,23 +62,28 @@ def main(argv=None):
     ours.load_state_dict(state, strict=False)
     native_audio = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**audio)).eval()
     native_audio.load_state_dict(ours.model.audio_tower.state_dict())
+    return native_vl, ours, native_audio
 
-    # 448x448 image -> 28x28 patches of 16 -> 196 merged tokens
+
+def vision_times(native_vl, ours, rounds: int) -> tuple[float, float]:
+    """Median (native s, ours s): vision tower + prefill for a 448x448 image (28x28 patches of 16, 196 tokens)."""
     grid = torch.tensor([[1, 28, 28]])
     pixels = torch.randn(28 * 28, 3 * 2 * 16 * 16)
     ids = torch.tensor([[151644, 872, 198, 151652] + [151655] * 196 + [151653, 3838, 374, 419, 30, 151645]])
     types = (ids == 151655).int()
-    rounds = [
+    times = [
         pair_round(
             i,
             lambda: native_vl(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types),
             lambda: ours(input_ids=ids, pixel_values=pixels, image_grid_thw=grid),
         )
-        for i in range(args.rounds)
+        for i in range(rounds)
     ]
-    vision_native = statistics.median(r[0] for r in rounds)
-    vision_ours = statistics.median(r[1] for r in rounds)
+    return statistics.median(r[0] for r in times), statistics.median(r[1] for r in times)
 
+
+def audio_times(native_audio, ours, rounds: int) -> tuple[float, float, int]:
+    """Median (native s, ours s, frames): the audio tower on a 10 s clip."""
     t = np.arange(16000 * 10) / 16000
     wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     feats = WhisperFeatureExtractor(feature_size=128)(
@@ -92,17 +91,27 @@ def main(argv=None):
     )
     features, mask = feats["input_features"], feats["attention_mask"]
     flat = features.permute(0, 2, 1)[mask.bool()].permute(1, 0)
-    rounds = [
+    times = [
         pair_round(
             i,
             lambda: native_audio(flat, feature_lens=mask.sum(-1)),
             lambda: ours.model.get_audio_features(features, mask),
         )
-        for i in range(args.rounds)
+        for i in range(rounds)
     ]
-    audio_native = statistics.median(r[0] for r in rounds)
-    audio_ours = statistics.median(r[1] for r in rounds)
+    return statistics.median(r[0] for r in times), statistics.median(r[1] for r in times), int(mask.sum())
 
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    native_vl, ours, native_audio = build_models()
+    vision_native, vision_ours = vision_times(native_vl, ours, args.rounds)
+    audio_native, audio_ours, frames = audio_times(native_audio, ours, args.rounds)
     print("| workload | native s | ours s | speed ratio (native/ours) |")
     print("|---|---|---|---|")
     print(
@@ -110,7 +119,7 @@ def main(argv=None):
         f"| {vision_native / vision_ours:.3f} |"
     )
     print(
-        f"| audio tower, 10 s clip ({int(mask.sum())} frames) | {audio_native:.3f} | {audio_ours:.3f} "
+        f"| audio tower, 10 s clip ({frames} frames) | {audio_native:.3f} | {audio_ours:.3f} "
         f"| {audio_native / audio_ours:.3f} |"
     )
 
