@@ -25,13 +25,16 @@ transformers' own configs we do not decorate with huggingface_hub's ``@strict``:
 transformers, and the inherited Qwen3 fields keep their validation.)
 """
 
+import transformers.configuration_utils as configuration_utils
 from transformers.utils.versions import require_version
 
 # One clear message instead of an ImportError deep inside transformers: our Hub files compose transformers' own
-# Qwen3 / Qwen3-VL / Qwen3-Omni modules, whose signatures we rely on first appear in 5.24 (docs/compatibility.md).
-require_version("transformers>=5.24.0", "Qwen3-Multimodal's remote code needs transformers 5.24 or newer")
+# Qwen3 / Qwen3-VL / Qwen3-Omni modules, and 5.19 is the oldest release the parity suite passes on. What moved since
+# (``SubConfigSpec`` in 5.20, the ``cache`` keyword in 5.24) is bridged by feature tests, not by version
+# (docs/compatibility.md).
+require_version("transformers>=5.19.0", "Qwen3-Multimodal's remote code needs transformers 5.19 or newer")
 
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec  # noqa: E402
+from transformers.configuration_utils import PreTrainedConfig  # noqa: E402
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config  # noqa: E402
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig  # noqa: E402
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig  # noqa: E402
@@ -59,6 +62,18 @@ class Qwen3MultimodalTextConfig(Qwen3Config):
     ignore_keys_at_rope_validation = {"mrope_section", "mrope_interleaved"}
 
 
+# Sub-config classes; the towers may be None (a text-only model).
+SUB_CONFIGS = {
+    "text_config": Qwen3MultimodalTextConfig,
+    "vision_config": Qwen3VLVisionConfig,
+    "audio_config": Qwen3OmniMoeAudioEncoderConfig,
+}
+OPTIONAL_SUB_CONFIGS = ("vision_config", "audio_config")
+# transformers >= 5.20 builds sub-configs from ``sub_configs_defaults`` (SubConfigSpec); older releases leave that to
+# the composite's __post_init__, as their own Qwen3VLConfig does. None means the older machinery.
+SubConfigSpec = getattr(configuration_utils, "SubConfigSpec", None)
+
+
 class Qwen3MultimodalConfig(PreTrainedConfig):
     """Composite config. ``vision_config`` / ``audio_config`` = ``None`` gives a text-only model.
 
@@ -66,11 +81,14 @@ class Qwen3MultimodalConfig(PreTrainedConfig):
     """
 
     model_type = "qwen3_multimodal"
-    sub_configs_defaults = {
-        "text_config": Qwen3MultimodalTextConfig,
-        "vision_config": SubConfigSpec(Qwen3VLVisionConfig, optional=True),
-        "audio_config": SubConfigSpec(Qwen3OmniMoeAudioEncoderConfig, optional=True),
-    }
+    if SubConfigSpec is not None:
+        # Every entry is a spec: 5.20.x accepts nothing else (5.21+ would also take a plain class).
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class, optional=key in OPTIONAL_SUB_CONFIGS)
+            for key, config_class in SUB_CONFIGS.items()
+        }
+    else:
+        sub_configs = SUB_CONFIGS
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # Our base model holds the Qwen3 decoder under Qwen3Model's names, so Qwen3's plans apply unchanged.
     base_model_tp_plan = Qwen3MultimodalTextConfig.base_model_tp_plan
@@ -94,11 +112,23 @@ class Qwen3MultimodalConfig(PreTrainedConfig):
     use_cache: bool | None = None
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            self._build_sub_configs()
         super().__post_init__(**kwargs)
         for name in ("tie_word_embeddings", "use_cache"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(self.text_config, name))
             setattr(self.text_config, name, getattr(self, name))
+
+    def _build_sub_configs(self):
+        """What ``SubConfigSpec`` does from transformers 5.20 on: a dict becomes its config class, a missing text
+        config the default one; a missing tower stays None."""
+        for key, config_class in SUB_CONFIGS.items():
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                setattr(self, key, config_class(**value))
+            elif value is None and key not in OPTIONAL_SUB_CONFIGS:
+                setattr(self, key, config_class())
 
 
 __all__ = ["Qwen3MultimodalConfig", "Qwen3MultimodalTextConfig"]

@@ -11,11 +11,12 @@ How it is built, and where it differs from the models it is made of:
   hidden states after the first decoder layers at visual positions, as Qwen3-VL does.
 - Audio tower (``model.audio_tower``): transformers' ``Qwen3OmniMoeAudioEncoder``; audio tokens take 1-D positions
   (all three M-RoPE components advance together), as in Qwen3-Omni. Deepstack adds nothing at audio positions.
-- Generic interface: the same as the native classes', through transformers' own mechanisms: the ``past_key_values``
-  keyword bridged to ``cache`` (``@deprecate_kwarg``), ``return_dict=False`` tuples (``@can_return_tuple``),
-  Qwen3ForCausalLM's tied-weight table and tensor/pipeline/FSDP plans for the decoder, transformers' own
-  ``prepare_inputs_for_generation`` (so ``generate(inputs_embeds=...)`` works), and ``get_image_features`` /
-  ``get_video_features`` / ``get_audio_features`` returning Qwen3-VL's and Qwen3-Omni's output types.
+- Generic interface: the same as the native classes', through transformers' own mechanisms: the KV cache as
+  ``cache`` (5.24's name) or ``past_key_values`` (``bridge_cache_keyword``), outputs under the release's own field
+  name, ``return_dict=False`` tuples (``@can_return_tuple``), Qwen3ForCausalLM's tied-weight table and
+  tensor/pipeline/FSDP plans for the decoder, transformers' own ``prepare_inputs_for_generation`` (so
+  ``generate(inputs_embeds=...)`` works), and ``get_image_features`` / ``get_video_features`` /
+  ``get_audio_features`` returning Qwen3-VL's and Qwen3-Omni's output types.
 - Differs from Qwen3-VL in structure: the base model runs the decoder itself (no ``language_model`` submodule, so
   the keys stay Qwen3's), hence ``use_cache`` and the decoder's parallelism plans sit on the composite config.
 - Compile: the text path (text-only prefill, and every decoding step, which is what ``generate()`` compiles) traces
@@ -25,22 +26,26 @@ Design choice: the towers and decoder layers are *composed* from transformers' m
 They are then exact by construction (parity tests against the native models still check our glue: positions,
 scatter, deepstack, batching), at the price of depending on transformers internals that can move between releases.
 That price is paid in ``pyproject.toml``: the supported transformers range is pinned to the releases CI tests
-(floor and ceiling), and the ceiling is raised only after the parity suite passes on the new release.
+(floor and ceiling), and the ceiling is raised only after the parity suite passes on the new release. Internals that
+moved inside that range are bridged by feature tests in the "Bridges" section below.
 
 This file ships to the Hub as remote code: it imports only the standard library, torch, transformers and its
 sibling configuration file.
 """
 
+import functools
+import inspect
 import itertools
 
 import torch
+import transformers.modeling_utils as modeling_utils
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
+from transformers.modeling_utils import PreTrainedModel
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3Attention,
     Qwen3DecoderLayer,
@@ -61,6 +66,51 @@ from .configuration_qwen3_multimodal import Qwen3MultimodalConfig
 
 # Modality ids of ``mm_token_type_ids`` (Qwen3-VL's convention, extended with audio).
 TEXT, IMAGE, VIDEO, AUDIO = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bridges to older transformers releases (docs/compatibility.md). Each is a feature test, not a version check.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _cache_name(takes_cache: bool) -> str:
+    # transformers 5.24 renamed the KV-cache keyword and output field from ``past_key_values`` to ``cache``.
+    return "cache" if takes_cache else "past_key_values"
+
+
+MASK_CACHE_KEYWORD = _cache_name("cache" in inspect.signature(create_causal_mask).parameters)
+LAYER_CACHE_KEYWORD = _cache_name("cache" in inspect.signature(Qwen3DecoderLayer.forward).parameters)
+OUTPUT_CACHE_FIELD = _cache_name("cache" in BaseModelOutputWithPast.__dataclass_fields__)
+
+
+def bridge_cache_keyword(forward):
+    """Our forwards take the KV cache as ``cache`` (5.24's name) and also accept ``past_key_values``.
+
+    On 5.24+ that is transformers' own bridge, which warns as the native models do. Before 5.24,
+    ``past_key_values`` is the only name transformers itself passes (generate, GenericForSequenceClassification),
+    so it is renamed silently.
+    """
+    if OUTPUT_CACHE_FIELD == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+    @functools.wraps(forward)
+    def renamed(*args, **kwargs):
+        if "past_key_values" in kwargs:
+            if kwargs.get("cache") is not None:
+                raise ValueError("Pass the KV cache as `cache` or as `past_key_values`, not both.")
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        return forward(*args, **kwargs)
+
+    return renamed
+
+
+def _slice_logits_to_keep(hidden_states, logits_to_keep):
+    """transformers < 5.23 has no ``slice_logits_to_keep``; this is what its Qwen3ForCausalLM did inline."""
+    slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    return hidden_states[:, slice_indices, :]
+
+
+slice_logits_to_keep = getattr(modeling_utils, "slice_logits_to_keep", _slice_logits_to_keep)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -90,6 +140,18 @@ def scatter_features(inputs_embeds, mask, features, what):
     return inputs_embeds.masked_scatter(mask[..., None].expand_as(inputs_embeds), features)
 
 
+def merge_deepstack(old_mask, old_stack, new_mask, new_stack):
+    """Images and videos both present: one deepstack row list per layer, in sequence order over both masks."""
+    joint = old_mask | new_mask
+    merged = []
+    for old, new in zip(old_stack, new_stack, strict=True):
+        rows = old.new_zeros(int(joint.sum()), old.shape[-1])
+        rows[old_mask[joint]] = old
+        rows[new_mask[joint]] = new
+        merged.append(rows)
+    return joint, merged
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # PreTrainedModel
 # --------------------------------------------------------------------------------------------------------------------
@@ -102,7 +164,7 @@ class Qwen3MultimodalPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video", "audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen3DecoderLayer", "Qwen3VLVisionBlock", "Qwen3OmniMoeAudioEncoderLayer"]
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [OUTPUT_CACHE_FIELD]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -264,11 +326,92 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
             deltas.append(int(row_positions.max()) + 1 - int(keep.sum()))
         return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
 
+    def positions_for(
+        self, position_ids, input_ids, inputs_embeds, attention_mask, cache, has_media, image_grid_thw, video_grid_thw
+    ):
+        """(text positions [batch or 1, seq] for the masks, rotary positions [batch or 1, seq] or [3, batch, seq]).
+
+        Given ``position_ids`` are split if they have 4 rows ([text; t; h; w], as Qwen3-VL's generate() passes them).
+        Defaults: text-only keeps Qwen3's 1-D ids; a media prefill gets M-RoPE ids (and sets ``rope_deltas``); a
+        decoding step after a media prefill gets 1-D ids shifted by ``rope_deltas`` on the three M-RoPE rows.
+        """
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+            if has_media and past == 0:
+                mrope, self.rope_deltas = self.get_rope_index(
+                    input_ids, image_grid_thw, video_grid_thw, attention_mask
+                )
+                position_ids = torch.cat([positions[None].expand(1, inputs_embeds.shape[0], -1), mrope])
+            else:
+                # arange(n) + past, as Qwen3Model: the length stays static when ``past`` is a tensor (StaticCache)
+                position_ids = (positions + past)[None]
+                if self.rope_deltas is not None and past > 0:
+                    mrope = (position_ids + self.rope_deltas)[None].expand(3, -1, -1)
+                    position_ids = torch.cat([position_ids[None], mrope])
+        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            return position_ids[0], position_ids[1:]
+        return position_ids, position_ids
+
+    def mask_mapping_for(self, attention_mask, inputs_embeds, cache, text_position_ids):
+        """One attention mask per layer type, built by transformers' mask helpers (a dict passes through)."""
+        if isinstance(attention_mask, dict):
+            return attention_mask
+        mask_kwargs = {
+            "config": self.config.text_config,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            MASK_CACHE_KEYWORD: cache,
+            "position_ids": text_position_ids,
+        }
+        mask_mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
+        if self.has_sliding_layers:
+            mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        return mask_mapping
+
+    # ---- media -------------------------------------------------------------------------------------------------
+
+    def merge_visual_embeddings(
+        self, input_ids, inputs_embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+    ):
+        """Scatter the vision tower's output for images and videos into their placeholder positions.
+
+        Returns ``(inputs_embeds, visual_mask [batch, seq] or None, deepstack)``: ``deepstack`` holds, per deepstack
+        layer, the tower's features [n visual tokens, hidden] in sequence order (images and videos merged).
+        """
+        visual_mask, deepstack = None, None
+        for pixels, grid, token_id, encode, what in (
+            (pixel_values, image_grid_thw, self.config.image_token_id, self.get_image_features, "images"),
+            (pixel_values_videos, video_grid_thw, self.config.video_token_id, self.get_video_features, "videos"),
+        ):
+            if pixels is None:
+                continue
+            features = encode(pixels, grid, return_dict=True)
+            stack = [torch.cat(per_layer) for per_layer in features.deepstack_features]
+            mask = input_ids == token_id
+            inputs_embeds = scatter_features(inputs_embeds, mask, torch.cat(features.pooler_output), what)
+            if visual_mask is None:
+                visual_mask, deepstack = mask, list(stack)
+            else:
+                visual_mask, deepstack = merge_deepstack(visual_mask, deepstack, mask, stack)
+        return inputs_embeds, visual_mask, deepstack
+
+    def merge_audio_embeddings(self, input_ids, inputs_embeds, input_features, feature_attention_mask):
+        """Scatter the audio tower's output into the audio placeholder positions (no deepstack for audio)."""
+        if input_features is None:
+            return inputs_embeds
+        if feature_attention_mask is None:
+            feature_attention_mask = torch.ones(input_features.shape[::2], dtype=torch.long)
+        audio_embeds = self.get_audio_features(
+            input_features, feature_attention_mask.to(input_features.device), return_dict=True
+        ).last_hidden_state
+        return scatter_features(inputs_embeds, input_ids == self.config.audio_token_id, audio_embeds, "audio")
+
     # ---- forward -----------------------------------------------------------------------------------------------
 
     @merge_with_config_defaults
     @capture_outputs
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' bridge for the pre-5.24 name
+    @bridge_cache_keyword
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -287,94 +430,33 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        text_config = self.config.text_config
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=text_config)
-
-        # Media: scatter tower outputs into the placeholder positions; collect deepstack features per layer.
-        visual_mask, deepstack = None, None
         has_media = pixel_values is not None or pixel_values_videos is not None or input_features is not None
         if has_media and input_ids is None:
             raise ValueError("Media inputs need input_ids (the placeholder tokens say where the media go).")
-        for pixels, grid, token_id, encode, what in (
-            (pixel_values, image_grid_thw, self.config.image_token_id, self.get_image_features, "images"),
-            (pixel_values_videos, video_grid_thw, self.config.video_token_id, self.get_video_features, "videos"),
-        ):
-            if pixels is None:
-                continue
-            features = encode(pixels, grid, return_dict=True)
-            embeds = torch.cat(features.pooler_output)
-            stack = [torch.cat(per_layer) for per_layer in features.deepstack_features]
-            mask = input_ids == token_id
-            inputs_embeds = scatter_features(inputs_embeds, mask, embeds, what)
-            if visual_mask is None:
-                visual_mask, deepstack = mask, list(stack)
-            else:
-                # images and videos both present: merge their deepstack rows in sequence order
-                joint = visual_mask | mask
-                merged = []
-                for old, new in zip(deepstack, stack, strict=True):
-                    rows = old.new_zeros(int(joint.sum()), old.shape[-1])
-                    rows[visual_mask[joint]] = old
-                    rows[mask[joint]] = new
-                    merged.append(rows)
-                visual_mask, deepstack = joint, merged
-        if input_features is not None:
-            if feature_attention_mask is None:
-                feature_attention_mask = torch.ones(input_features.shape[::2], dtype=torch.long)
-            audio_embeds = self.get_audio_features(
-                input_features, feature_attention_mask.to(input_features.device), return_dict=True
-            ).last_hidden_state
-            inputs_embeds = scatter_features(
-                inputs_embeds, input_ids == self.config.audio_token_id, audio_embeds, "audio"
-            )
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config.text_config)
 
-        # Positions: text-only keeps Qwen3's 1-D ids; media get M-RoPE ids. A 4-row tensor is
-        # [text positions (masks), t, h, w] as Qwen3-VL's generate() passes it.
-        if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            if has_media and past == 0:
-                mrope, self.rope_deltas = self.get_rope_index(
-                    input_ids, image_grid_thw, video_grid_thw, attention_mask
-                )
-                text_positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None]
-                position_ids = torch.cat([text_positions.expand(1, inputs_embeds.shape[0], -1), mrope])
-            else:
-                # arange(n) + past, as Qwen3Model: the length stays static when ``past`` is a tensor (StaticCache)
-                position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
-                if self.rope_deltas is not None and past > 0:
-                    position_ids = torch.cat(
-                        [position_ids[None], (position_ids + self.rope_deltas)[None].expand(3, -1, -1)]
-                    )
-        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
-            text_position_ids, rope_position_ids = position_ids[0], position_ids[1:]
-        else:
-            text_position_ids = rope_position_ids = position_ids
-
-        if not isinstance(mask_mapping := attention_mask, dict):
-            mask_kwargs = {
-                "config": text_config,
-                "inputs_embeds": inputs_embeds,
-                "attention_mask": attention_mask,
-                "cache": cache,
-                "position_ids": text_position_ids,
-            }
-            mask_mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
-            if self.has_sliding_layers:
-                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        inputs_embeds, visual_mask, deepstack = self.merge_visual_embeddings(
+            input_ids, inputs_embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+        )
+        inputs_embeds = self.merge_audio_embeddings(input_ids, inputs_embeds, input_features, feature_attention_mask)
+        text_position_ids, rope_position_ids = self.positions_for(
+            position_ids, input_ids, inputs_embeds, attention_mask, cache, has_media, image_grid_thw, video_grid_thw
+        )
+        mask_mapping = self.mask_mapping_for(attention_mask, inputs_embeds, cache, text_position_ids)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, rope_position_ids)
         for layer_idx, decoder_layer in enumerate(self.layers):
             hidden_states = decoder_layer(
                 hidden_states,
-                attention_mask=mask_mapping[text_config.layer_types[layer_idx]],
+                attention_mask=mask_mapping[self.config.text_config.layer_types[layer_idx]],
                 position_embeddings=position_embeddings,
                 position_ids=text_position_ids,
-                cache=cache,
                 use_cache=use_cache,
+                **{LAYER_CACHE_KEYWORD: cache},
                 **kwargs,
             )
             if deepstack is not None and layer_idx < len(deepstack):
@@ -383,7 +465,9 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
                 hidden_states[visual_mask] = hidden_states[visual_mask] + deepstack[layer_idx].to(hidden_states)
 
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, **{OUTPUT_CACHE_FIELD: cache if use_cache else None}
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -420,7 +504,7 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
     def get_audio_features(self, input_features, feature_attention_mask=None, audio_feature_lengths=None, **kwargs):
         return self.model.get_audio_features(input_features, feature_attention_mask, audio_feature_lengths, **kwargs)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' bridge for the pre-5.24 name
+    @bridge_cache_keyword
     @can_return_tuple
     def forward(
         self,
@@ -465,7 +549,7 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3MultimodalPreTrainedModel, Ge
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
