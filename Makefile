@@ -27,8 +27,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: venv llama-cpp
 	$(PY) -m transformers_qwen3.demo.run
 
+# pytest-xdist: one worker per core; --dist loadfile keeps each test file on one worker, so a file's module fixtures
+# (tiny checkpoints, converted GGUFs) are built once. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+
 test: venv llama-cpp
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 # CI runs the parity tests on the floor and on the tested release; when they are the same `make test` covers both.
 test-floor-ceiling: test test-floor-if-different
@@ -38,7 +43,7 @@ test-floor-if-different:
 	else echo "transformers floor = tested release = $(TRANSFORMERS_TESTED): the parity tests above ran on both"; fi
 
 test-all: venv llama-cpp
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 lint: venv
 	$(VENV)/bin/ruff check src convert tests bench
