@@ -73,25 +73,31 @@ def finetune(*args):
 # ---- labels --------------------------------------------------------------------------------------------------------
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 # multi-turn chats beyond text_records(): reasoning (both spellings), tool calls and their results
 MORE_CHATS = [
-    [
-        {"role": "user", "content": "1+1?"},
-        {"role": "assistant", "content": "<think>\nadd\n</think>\n\n2"},
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4", "reasoning_content": "add again"},
-    ],
-    [
-        {"role": "system", "content": "Use tools."},
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
-        {"role": "tool", "content": "18C"},
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "18C and sunny.", "reasoning_content": "read the results"},
-        {"role": "user", "content": "Thanks"},
-        {"role": "assistant", "content": "", "tool_calls": [CALL, CALL]},
-    ],
+    {
+        "messages": [
+            {"role": "user", "content": "1+1?"},
+            {"role": "assistant", "content": "<think>\nadd\n</think>\n\n2"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", "reasoning_content": "add again"},
+        ],
+    },
+    {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
+            {"role": "tool", "content": "18C"},
+            {"role": "tool", "content": "sunny"},
+            {"role": "assistant", "content": "18C and sunny.", "reasoning_content": "read the results"},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "", "tool_calls": [CALL, CALL]},
+        ],
+    },
 ]
 
 
@@ -100,11 +106,12 @@ def test_labels_are_exactly_the_assistant_spans_of_the_chat_template(qwen3_token
     through ``<|im_end|>``), mapped to tokens by their offsets."""
     tok = qwen3_tokenizer
     encoder = ChatEncoder(tok)
-    chats = [r["messages"] for r in text_records()] + MORE_CHATS
-    for n, messages in enumerate(chats):
-        record = parse_record({"messages": messages}, tmp_path, f"record {n}")
+    for n, raw in enumerate(text_records() + MORE_CHATS):
+        record = parse_record(raw, tmp_path, f"record {n}")
         example = encoder(record)
-        text = tok.apply_chat_template(record.messages, tokenize=False)
+        messages = raw["messages"]
+        text = tok.apply_chat_template(messages, tools=raw.get("tools"), tokenize=False)
+        assert ("<tools>" in text) == ("tools" in raw)
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, media_tags=False)
         assert example["input_ids"].tolist() == enc["input_ids"]
         spans = [m.span(1) for m in re.finditer(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>)", text, re.S)]
@@ -277,6 +284,11 @@ def test_multimodal_lora_training_step(synthetic_data, qwen3_tokenizer, tmp_path
         ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
         ('{"messages": [{"role": "robot", "content": "hi"}]}', "needs a 'role'"),
         ('{"text": "hi"}', 'non-empty "messages" list'),
+        (
+            '{"tools": "get_weather", "messages": [{"role": "user", "content": "hi"}, '
+            '{"role": "assistant", "content": "x"}]}',
+            '"tools" must be a list',
+        ),
         (
             '{"messages": [{"role": "user", "content": [{"type": "image", "image": "missing.png"}]}, '
             '{"role": "assistant", "content": "x"}]}',

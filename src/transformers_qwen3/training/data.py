@@ -2,7 +2,8 @@
 
 Data: one JSON object per line with ``"messages"`` in chat format (``role`` + ``content``, a string or a list of
 parts). Media parts (``{"type": "image", "image": "images/a.png"}``, ``audio``, ``video``, ``image_url``,
-``input_audio``) name files relative to the JSONL's folder; other keys of a record (e.g. ``"meta"``) are ignored.
+``input_audio``) name files relative to the JSONL's folder. An optional ``"tools"`` list (JSON schemas) goes to the
+chat template, which lists it in the system turn; other keys of a record (e.g. ``"meta"``) are ignored.
 
 Labels: the assistant-token mask of transformers' ``apply_chat_template(..., return_assistant_tokens_mask=True)``,
 read from the ``{% generation %}`` blocks of our chat template: every assistant turn after its
@@ -53,6 +54,7 @@ class ChatRecord:
     messages: list
     media: tuple[str, ...]  # kinds of the media parts, in order
     files: tuple[Path, ...]  # local media files the record names (resolved)
+    tools: list | None = None  # the record's "tools": JSON schemas the template lists in the system turn
 
 
 def _resolve_source(source, root: Path, where: str, files: list):
@@ -133,7 +135,12 @@ def parse_record(obj, root: Path, where: str) -> ChatRecord:
         messages.append(message)
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: the record has no assistant message, so there is nothing to learn from it.")
-    return ChatRecord(where, messages, tuple(kinds), tuple(files))
+    tools = obj.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise DataError(
+            f'{where}: "tools" must be a list of JSON schemas like {{"type": "function", "function": ...}}.'
+        )
+    return ChatRecord(where, messages, tuple(kinds), tuple(files), tools)
 
 
 def read_chat_jsonl(path) -> list[ChatRecord]:
@@ -200,6 +207,7 @@ class ChatEncoder:
         # media_tags=False: an inline <image>SRC</image> in message text is text here; only parts load media
         out = self.tokenizer.apply_chat_template(
             record.messages,
+            tools=record.tools,
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=True,
@@ -230,6 +238,7 @@ class ChatEncoder:
         try:
             out = self.processor.apply_chat_template(
                 record.messages,
+                tools=record.tools,
                 tokenize=True,
                 return_dict=True,
                 return_tensors="pt",
