@@ -23,6 +23,10 @@ VERBS = {
     "convert": ("transformers_qwen3.convert.cli", "convert a checkpoint to GGUF (text model + mmproj)"),
     "verify": ("transformers_qwen3.runtime.verify", "compare a GGUF in llama.cpp with transformers"),
     "finetune": ("transformers_qwen3.training.finetune", "LoRA or full fine-tuning on a chat JSONL file"),
+    "lora-info": (
+        "transformers_qwen3.training.lora:LoraInfo",
+        "trainable parameters of a LoRA setting on a preset shape",
+    ),
     "export": ("transformers_qwen3.export.publish", "write a Hub-ready repository (card, licence, GGUF)"),
 }
 
