@@ -1,7 +1,7 @@
 """The media loader of Qwen3-Multimodal: every image, video or audio source named in text goes through here (Hub file).
 
-Imports only stdlib, torch and transformers (Pillow and soundfile inside the functions that need them, so a text-only
-user never needs them; a missing package gives a clear error).
+Imports only stdlib, torch and transformers (Pillow, soundfile, soxr and PyAV inside the functions that need them, so
+a text-only user never needs them; a missing package gives a clear error naming it).
 
 One loader (:func:`load_image`, :func:`load_video`, :func:`load_audio`, all through :func:`read_source`) serves the
 tokenizer's inline tags, the processor, the chat template and the Pipeline. Sources named in text are untrusted:
@@ -16,6 +16,13 @@ Where we differ from transformers' loaders:
 - Audio is downmixed to mono and resampled to 16 kHz with soxr ("HQ"), the resampler librosa uses; transformers'
   ``load_audio`` resamples with librosa too, so the two agree up to soxr's quality setting.
 - Audio with non-finite samples or samples beyond ±16 is refused (transformers computes NaN features for it).
+- Video files (mp4/mov through FFmpeg's mov demuxer, webm/mkv through its matroska demuxer, chosen from the file's
+  signature so FFmpeg never probes with the others) are decoded with PyAV from the bytes in memory, as
+  transformers' ``read_video_pyav`` decodes them, with Qwen3-VL's frame sampling; but frame count, size and
+  duration are checked from the container header first. WebM/MKV headers carry no frame count: it is estimated as
+  duration x frame rate. A stream shorter than its header repeats its last decoded frame.
+- Multi-frame images (animated GIF / WebP / PNG, multi-page TIFF) are videos too (Pillow), sampled at ``fps`` from
+  their frame durations; transformers does not read them as video.
 """
 
 import base64

@@ -6,17 +6,24 @@ Imports only stdlib, torch and transformers, and its siblings with ``from .x imp
   mean/std 0.5) with llama.cpp mtmd's Qwen3-VL limits (8 to 4096 merged tokens per image). Audio: transformers'
   ``WhisperFeatureExtractor`` (128 mel bins, 16 kHz); token counts from Qwen3-Omni's
   ``_get_feat_extract_output_lengths``. We write no resizing or mel code.
-- Video without torchvision: frames (PIL images, arrays, or a multi-frame file Pillow reads: animated GIF / WebP /
-  PNG, multi-page TIFF) go through the same image processor; only the grouping of frame pairs into temporal patches
-  is ours (a reshape, in Qwen3-VL's patch order). Each frame pair is preceded by its timestamp text
-  (``<0.2 seconds>``) exactly as Qwen3-VL's processor writes it.
+- Video without torchvision: sized as Qwen3-VL's video processor sizes a clip (its ``smart_resize``, with the pixel
+  budget ``video_min_pixels`` / ``video_max_pixels`` over all sampled frames), then each frame is normalised by the
+  same image processor; only the grouping of frame pairs into temporal patches is ours (a reshape, in Qwen3-VL's
+  patch order). Each frame pair is preceded by its timestamp text (``<0.2 seconds>``) as Qwen3-VL's processor
+  writes it. Video files are sampled by Qwen3-VL's own ``sample_frames`` (see the media loader). So grids, token
+  counts and timestamp text equal Qwen3-VL's for the same clip and settings.
+- The processor's own settings (video sampling and budgets, the audio window) live in :class:`MediaSettings`.
 - Media placeholders typed into message text are refused (:func:`refuse_media_specials`).
 
 Where we differ from the native processors:
 
-- Qwen3-VL's video processor needs torchvision, and budgets pixels over the whole clip; ours resizes each frame with
-  the image processor under a per-frame budget (``video_min_pixels`` / ``video_max_pixels``), so per-frame token
-  counts can differ from native on the same clip. The patch layout and timestamp text are the same.
+- Qwen3-VL resizes video frames with torchvision (bicubic, antialiased); we resize with Pillow's bicubic
+  (transformers' ``resize``): the same sizes, so the same grids and token counts; the pixel values differ by the
+  two filters (not measured: torchvision 0.28 from PyPI does not load beside torch's CPU build).
+- A one-frame clip is padded to one temporal patch (Qwen3-VL's ``smart_resize`` refuses it).
+- Frames given as a list or array (not a file) are taken as sampled at ``video_fps`` for their timestamps; Qwen3-VL
+  assumes 24 fps without metadata.
+- Qwen3-VL's ``cap_pixels_per_frame`` (off by default in transformers 5.24) is not offered.
 - Images past the image processor's 200:1 aspect-ratio limit are refused with a MediaError before processing
   (transformers raises a plain ValueError).
 """
@@ -187,7 +194,7 @@ def _check_aspect_ratio(dims: tuple, tag: str, source) -> None:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Item:
     """One medium of a text: where it sits, its kind, its source (or the decoded medium passed as an argument)."""
 
@@ -197,9 +204,6 @@ class _Item:
     media: object
     tag: str  # names it in errors: "<img>" for a tag, "<image> (image input #0)" for an argument
     inline: bool  # an inline tag (wrapped in start/end tokens when expanded), not a placeholder
-    decode: object = None  # set by the probe
-    loaded: object = None
-    text: str = ""  # the placeholder text that replaces it
 
 
 # ====================================================================================================================
@@ -364,6 +368,14 @@ class MediaEncoder:
         stamps = [(times[i * tp] + times[i * tp + tp - 1]) / 2 for i in range(t)]
         return patches, torch.tensor([t, gh, gw]), "".join(f"<{stamp:.1f} seconds>" + block for stamp in stamps)
 
+    def encode_videos(self, videos: list[Video]) -> tuple[dict, list[str]]:
+        encoded = [self.encode_video(video) for video in videos]
+        features = {
+            "pixel_values_videos": torch.cat([patches for patches, _, _ in encoded]),
+            "video_grid_thw": torch.stack([grid for _, grid, _ in encoded]),
+        }
+        return features, [text for _, _, text in encoded]
+
     def encode_audio(self, clips: list[torch.Tensor]) -> tuple[dict, list[str]]:
         fe = self.feature_extractor
         out = fe(
@@ -403,14 +415,15 @@ class MediaEncoder:
         decoded before any is encoded, so a bad or too costly source fails the whole call early.
         """
         policy = as_policy(policy)
-        items = self._find_media(texts, images, videos, audio, parse_tags)
-        for found in items:
-            self._probe_prompt(found, policy, sampling_rate)
-        ordered = [item for found in items for item in found]
-        for item in ordered:
-            item.loaded = item.decode()
-        features = self._encode(ordered, images_kwargs)
-        return [self._write(text, found) for text, found in zip(texts, items, strict=True)], features
+        found = self._find_media(texts, images, videos, audio, parse_tags)  # per text, its media in order
+        decoders = [self._probe_prompt(items, policy, sampling_rate) for items in found]  # read + checked
+        loaded = [decode() for per_text in decoders for decode in per_text]
+        features, bodies = self._encode([item for items in found for item in items], loaded, images_kwargs)
+        bodies = iter(bodies)
+        out = [
+            self._write(text, items, [next(bodies) for _ in items]) for text, items in zip(texts, found, strict=True)
+        ]
+        return out, features
 
     @staticmethod
     def _find_media(texts, images, videos, audio, parse_tags: bool) -> list:
@@ -445,9 +458,9 @@ class MediaEncoder:
                 )
         return items
 
-    def _probe_prompt(self, found: list, policy: MediaPolicy, sampling_rate) -> None:
-        """Read and check the media of one prompt against one budget, without decoding; sets each ``decode``."""
-        budget = MediaBudget(policy)
+    def _probe_prompt(self, found: list, policy: MediaPolicy, sampling_rate) -> list:
+        """Read and check the media of one prompt against one budget, without decoding; their decoders."""
+        budget, decoders = MediaBudget(policy), []
         for item in found:  # counted before anything is read
             if isinstance(item.media, SOURCE_TYPES):
                 budget.charge(item.tag, item.media, "items", 1)
@@ -461,37 +474,33 @@ class MediaEncoder:
                 probed = probe_audio(item.media, policy, item.tag, budget, rate, sampling_rate)
             if probed.dims:
                 _check_aspect_ratio(probed.dims, item.tag, item.media)
-            item.decode = probed.decode
+            decoders.append(probed.decode)
+        return decoders
 
-    def _encode(self, ordered: list, images_kwargs) -> dict:
-        """The features of all media, per modality in order of appearance; sets each item's placeholder text."""
-        features = {}
-        images = [item for item in ordered if item.kind == "image"]
-        if images:
-            feats, texts = self.encode_images([item.loaded for item in images], **(images_kwargs or {}))
+    def _encode(self, ordered: list, loaded: list, images_kwargs) -> tuple[dict, list[str]]:
+        """The features of all media (per modality, in order of appearance) and the placeholder text of each."""
+        features, bodies = {}, [""] * len(ordered)
+        for kind in ("image", "video", "audio"):
+            where = [i for i, item in enumerate(ordered) if item.kind == kind]
+            if not where:
+                continue
+            media = [loaded[i] for i in where]
+            if kind == "image":
+                feats, texts = self.encode_images(media, **(images_kwargs or {}))
+            elif kind == "video":
+                feats, texts = self.encode_videos(media)
+            else:
+                feats, texts = self.encode_audio(media)
             features.update(feats)
-            for item, text in zip(images, texts, strict=True):
-                item.text = text
-        videos = [item for item in ordered if item.kind == "video"]
-        if videos:
-            encoded = [self.encode_video(item.loaded) for item in videos]
-            features["pixel_values_videos"] = torch.cat([x[0] for x in encoded])
-            features["video_grid_thw"] = torch.stack([x[1] for x in encoded])
-            for item, x in zip(videos, encoded, strict=True):
-                item.text = x[2]
-        clips = [item for item in ordered if item.kind == "audio"]
-        if clips:
-            feats, texts = self.encode_audio([item.loaded for item in clips])
-            features.update(feats)
-            for item, text in zip(clips, texts, strict=True):
-                item.text = text
-        return features
+            for i, text in zip(where, texts, strict=True):
+                bodies[i] = text
+        return features, bodies
 
     @staticmethod
-    def _write(text: str, found: list) -> str:
+    def _write(text: str, found: list, bodies: list) -> str:
+        """``text`` with each medium's span replaced by its placeholder text."""
         pieces, last = [], 0
-        for item in found:
-            body = item.text
+        for item, body in zip(found, bodies, strict=True):
             if item.inline:  # a tag brings no wrappers, a placeholder keeps its own (video text has one per pair)
                 wrap = {"image": (VISION_START, VISION_END), "audio": (AUDIO_START, AUDIO_END)}.get(item.kind)
                 body = wrap[0] + body + wrap[1] if wrap else body
@@ -519,8 +528,8 @@ class MediaEncoder:
 def _resize_frame(frame, height: int, width: int, resample):
     """One video frame as an RGB array [H, W, 3] of exactly ``height`` x ``width``, resized with Pillow.
 
-    Qwen3-VL resizes video with torchvision (bicubic, antialiased), which needs torchvision; Pillow's bicubic gives
-    the same sizes (so the same grids and token counts) and pixel values that differ by a few levels.
+    Qwen3-VL resizes video with torchvision (bicubic, antialiased); Pillow's bicubic gives the same sizes (so the
+    same grids and token counts), and pixel values that differ by as much as the two filters do.
     """
     from transformers.image_transforms import resize
     from transformers.image_utils import ChannelDimension, to_numpy_array
