@@ -120,7 +120,7 @@ class MediaPolicy:
     Totals for all the sources of one prompt (each text of a batch has its own), checked from file headers before
     anything is decoded, because small files can claim large sizes (an 8 KB 1-bit PNG decodes to 8000x8000 RGB):
     max_items: sources named.  max_total_bytes: bytes read.  max_total_pixels: image pixels plus the pixels of the
-    video frames decoded.  max_total_audio_seconds: audio duration. Media passed already decoded (PIL images,
+    video frames kept (sampled).  max_total_audio_seconds: audio duration. Media passed already decoded (PIL images,
     arrays) are the caller's and count towards none of these.
     """
 
