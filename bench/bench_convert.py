@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers_qwen3.runtime.upstream import (
     add_native_tokenizer,
-    read_gguf,
+    gguf_contents,
     tensor_differences,
     upstream_converter,
     upstream_env,
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, rs in runs.items()
     }
     ours_file = out / f"{src.name}-{args.outtype.upper()}.gguf"
-    diffs = tensor_differences(read_gguf(ours_file)[1], read_gguf(out / "upstream.gguf")[1])
+    diffs = tensor_differences(gguf_contents(ours_file)[1], gguf_contents(out / "upstream.gguf")[1])
     size_mib = sum(p.stat().st_size for p in src.glob("*.safetensors")) / 2**20
     result = {
         "preset": args.preset,

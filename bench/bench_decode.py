@@ -47,7 +47,7 @@ from bench_convert import make_checkpoint
 from transformers_qwen3.convert.converter import OUTTYPES
 
 from transformers_qwen3.runtime.llama_cpp import llama_cpp_module, load_llama
-from transformers_qwen3.runtime.upstream import read_gguf, run_upstream, tensor_differences
+from transformers_qwen3.runtime.upstream import gguf_contents, run_upstream, tensor_differences
 
 GIB = 2**30
 MIB = 2**20
@@ -102,7 +102,7 @@ def upstream_file(work: Path, src: Path, out: Path, outtype: str) -> Path:
 
 
 def bytes_per_token(kv: dict, tensors: dict, mean_ctx: float) -> tuple[float, bool]:
-    """(bytes read per generated token, whether the output projection is tied to token_embd) from `read_gguf`'s
+    """(bytes read per generated token, whether the output projection is tied to token_embd) from `gguf_contents`'s
     metadata and tensors: see the module docstring."""
     tied = "output.weight" not in tensors
     total = 0.0
@@ -165,8 +165,8 @@ def prepare_files(work: Path, src: Path, types: list[str], mean_ctx: float) -> d
     for outtype in types:
         t = time.perf_counter()
         ours, upstream = ours_file(src, work / "ours", outtype), upstream_file(work, src, work / "upstream", outtype)
-        kv, ours_tensors = read_gguf(ours)
-        diffs = tensor_differences(ours_tensors, read_gguf(upstream)[1])
+        kv, ours_tensors = gguf_contents(ours)
+        diffs = tensor_differences(ours_tensors, gguf_contents(upstream)[1])
         files[outtype] = (ours, upstream, diffs, *bytes_per_token(kv, ours_tensors, mean_ctx))
         del ours_tensors
         log(f"{outtype}: both files in {time.perf_counter() - t:.0f} s; tensor differences: {len(diffs)}")

@@ -25,12 +25,12 @@ import torch
 from transformers_qwen3.runtime.upstream import (  # noqa: F401  (re-exported for the conversion tests)
     add_native_tokenizer,
     metadata_differences,
-    read_gguf,
     run_upstream,
     tensor_differences,
     tokenizer_files,
     upstream_converter,
 )
+from transformers_qwen3.runtime.upstream import gguf_contents as read_gguf  # noqa: F401  (the tests' name)
 from transformers_qwen3.runtime.upstream import upstream_values as _upstream_values  # noqa: F401
 
 # Qwen3-VL's preprocessor_config.json fields the mmproj reads (native folders must carry them for upstream)

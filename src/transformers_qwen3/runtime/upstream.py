@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..convert.errors import ConversionError
 from ..errors import UserError
+from ..formats.gguf_file import read_gguf
 
 REPO = Path(__file__).resolve().parents[3]
 UPSTREAM_FILE = REPO / "ggml_patches" / "UPSTREAM"
@@ -109,11 +110,9 @@ def run_upstream(root: Path, model: Path, outfile: Path, outtype: str, mmproj: b
 
 
 # --- GGUF contents, for comparing two converters' files -----------------------------------------------------------
-def read_gguf(path: Path) -> tuple[dict, dict]:
+def gguf_contents(path: Path) -> tuple[dict, dict]:
     """(metadata key → value, tensor name → (type name, ggml shape, bytes)) of a GGUF file."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)
+    reader = read_gguf(path)
     kv = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     tensors = {
         t.name: (t.tensor_type.name, tuple(int(d) for d in t.shape), bytes(t.data.tobytes())) for t in reader.tensors
@@ -122,7 +121,7 @@ def read_gguf(path: Path) -> tuple[dict, dict]:
 
 
 def tensor_differences(ours: dict, theirs: dict) -> list[str]:
-    """One line per tensor that is missing on one side or differs in type, shape or bytes (read_gguf's tensors)."""
+    """One line per tensor that is missing on one side or differs in type, shape or bytes (gguf_contents' tensors)."""
     out = [f"only in ours: {n}" for n in sorted(set(ours) - set(theirs))]
     out += [f"only upstream: {n}" for n in sorted(set(theirs) - set(ours))]
     for n in sorted(set(ours) & set(theirs)):
@@ -135,7 +134,7 @@ def tensor_differences(ours: dict, theirs: dict) -> list[str]:
 
 
 def metadata_differences(ours: dict, theirs: dict, ignore: set[str]) -> list[str]:
-    """One line per metadata key (read_gguf's kv) whose value differs, keys in ``ignore`` left out."""
+    """One line per metadata key (gguf_contents' kv) whose value differs, keys in ``ignore`` left out."""
     out = []
     for key in sorted((set(ours) | set(theirs)) - ignore):
         a, b = ours.get(key, "<absent>"), theirs.get(key, "<absent>")

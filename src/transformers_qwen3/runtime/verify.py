@@ -29,11 +29,9 @@ llama-cpp-python installed (`MissingDependencyError` naming `make llama-cpp`).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,9 +40,11 @@ import gguf
 import numpy as np
 import torch
 
-from ..convert.errors import ConversionError, GGUFFileError
+from ..convert.errors import ConversionError
 from ..convert.tensor_map import TEXT_TENSORS, hf_name
+from ..formats import gguf_file
 from ..formats.folder import LAYOUTS, open_checkpoint, validate_folder
+from ..formats.gguf_file import architecture, read_gguf_cached
 from .llama_cpp import LlamaCppModel, llama_cpp_module, prompt_logits, tokenize
 from .metrics import compare_logits
 
@@ -138,41 +138,13 @@ def transformers_logits(model, token_ids: list[list[int]]) -> list[np.ndarray]:
 
 # --- GGUF files -------------------------------------------------------------------------------------------------------
 def read_gguf(path: Path) -> gguf.GGUFReader:
-    """gguf-py's reader over `path`, its errors on a truncated or corrupt file turned into one `GGUFFileError`.
-
-    Cached per file version: parsing a 150k-token vocabulary takes seconds, and the checks read the same files."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError as e:
-        raise GGUFFileError(f"{path}: cannot read it ({e.strerror or e})") from e
-    return _read_gguf(path.resolve(), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.cache
-def _read_gguf(path: Path, mtime_ns: int, size: int) -> gguf.GGUFReader:
-    fix = "convert the checkpoint again (`transformers-qwen3 convert`)"
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise GGUFFileError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); {fix}")
-    try:
-        return gguf.GGUFReader(path)
-    # gguf-py trusts the file's counts and offsets: a truncated or damaged file fails in numpy or struct
-    except (ValueError, IndexError, KeyError, OverflowError, MemoryError, EOFError, struct.error) as e:
-        raise GGUFFileError(f"{path}: truncated or corrupt GGUF ({size} bytes; gguf-py: {e}); {fix}") from e
-
-
-def _architecture(reader: gguf.GGUFReader) -> str | None:
-    field_ = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    return str(field_.contents()) if field_ is not None else None
+    """The formats layer's reader, cached per file version: the checks read the same files."""
+    return read_gguf_cached(path)
 
 
 def file_type_name(path: Path) -> str:
-    reader = read_gguf(path)
-    field_ = reader.get_field(gguf.Keys.General.FILE_TYPE)
-    value = int(field_.contents()) if field_ is not None else 0
-    return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    # a file without general.file_type is all F32 to llama.cpp (LLAMA_FTYPE_ALL_F32 = 0 is its default)
+    return gguf_file.file_type_name(read_gguf(path)) or "F32"
 
 
 # --- checks -------------------------------------------------------------------------------------------------------
@@ -425,12 +397,12 @@ def verify(
         if p is not None and not p.is_file():
             raise ConversionError(f"{p}: not found; pass the GGUF file(s) `transformers-qwen3 convert` wrote")
     validate_folder(ctx.model)  # one clear error for a bad MODEL folder before anything loads it
-    arch = _architecture(read_gguf(ctx.gguf))
+    arch = architecture(read_gguf(ctx.gguf))
     if arch == "clip":
         raise ConversionError(
             f"{ctx.gguf} is an mmproj file; pass the text-model GGUF as GGUF and this one with --mmproj"
         )
-    if ctx.mmproj is not None and _architecture(read_gguf(ctx.mmproj)) != "clip":
+    if ctx.mmproj is not None and architecture(read_gguf(ctx.mmproj)) != "clip":
         raise ConversionError(f"--mmproj {ctx.mmproj} is not an mmproj file (general.architecture is not clip)")
     encoders = mmproj_encoders(ctx.mmproj) if ctx.mmproj else set()
     names = checks or [
