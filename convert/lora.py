@@ -256,6 +256,48 @@ def collect_weights(adapter: Adapter, ckpt: Checkpoint) -> list[AdaptedWeight]:
     """Pair the adapter's factors by the base weight they adapt (in the base checkpoint's order).
 
     Raises one error naming everything a llama.cpp text LoRA cannot hold, with the fix."""
+    weights: dict[str, AdaptedWeight] = {}
+    refused: dict[str, list[str]] = {"towers": [], "tied": [], "extra": [], "unknown": []}
+    for key in adapter.tensors:
+        name = key.removeprefix(PEFT_PREFIX)
+        suffix = next((s for s in FACTORS if name.endswith(s)), None)
+        if suffix is None:
+            if not _is_base_copy(adapter, key, ckpt):
+                refused["extra"].append(name)  # DoRA magnitudes, biases, modules_to_save copies, trainable tokens ...
+            continue
+        module = name.removesuffix(suffix)
+        source = _rename(module, ckpt) + ".weight"
+        kind = _refusal(source, ckpt)
+        if kind is not None:
+            refused[kind].append(module)
+            continue
+        m = match(TEXT_TENSORS, source)
+        factor = FACTORS[suffix]
+        w = weights.setdefault(
+            module, AdaptedWeight(module, source, m.rule.gguf.format(bid=m.bid) + m.suffix, factor.layer)
+        )
+        w.factors[factor.gguf_suffix] = key
+    _raise_refusals(adapter, ckpt, refused)
+    if not weights:
+        raise ConversionError(f"{adapter.weights}: holds no LoRA factors")
+    order = {name: i for i, name in enumerate(ckpt.tensors)}
+    return sorted(weights.values(), key=lambda w: order[w.source])
+
+
+def _refusal(source: str, ckpt: Checkpoint) -> str | None:
+    """Why the base weight ``source`` cannot take a llama.cpp LoRA (a key of collect_weights' lists), or None."""
+    m = match(TEXT_TENSORS, source)
+    if source.startswith((VISION_PREFIX, AUDIO_PREFIX)):
+        return "towers"
+    if m is not None and ckpt.tie_word_embeddings and source in _TIED:
+        return "tied"
+    if m is None or m.rule.reshape != "none" or source not in ckpt.tensors:
+        return "unknown"
+    return None
+
+
+def _raise_refusals(adapter: Adapter, ckpt: Checkpoint, refused: dict[str, list[str]]) -> None:
+    """One error for what the adapter sets or holds that llama.cpp cannot take; a second kind for a wrong --base."""
     problems: list[str] = []
     settings = [
         f"{key}={adapter.config[key]!r} ({what})"
@@ -264,56 +306,27 @@ def collect_weights(adapter: Adapter, ckpt: Checkpoint) -> list[AdaptedWeight]:
     ]
     if settings:
         problems.append("sets " + ", ".join(settings))
-
-    weights: dict[str, AdaptedWeight] = {}
-    towers, tied, extra, unknown = [], [], [], []
-    for key in adapter.tensors:
-        name = key.removeprefix(PEFT_PREFIX)
-        suffix = next((s for s in FACTORS if name.endswith(s)), None)
-        if suffix is None:
-            if not _is_base_copy(adapter, key, ckpt):
-                extra.append(name)  # DoRA magnitudes, biases, modules_to_save copies, trainable tokens ...
-            continue
-        module = name.removesuffix(suffix)
-        source = _rename(module, ckpt) + ".weight"
-        m = match(TEXT_TENSORS, source)
-        if source.startswith((VISION_PREFIX, AUDIO_PREFIX)):
-            towers.append(module)
-        elif m is not None and ckpt.tie_word_embeddings and source in _TIED:
-            tied.append(module)
-        elif m is None or m.rule.reshape != "none" or source not in ckpt.tensors:
-            unknown.append(module)
-        else:
-            factor = FACTORS[suffix]
-            gguf_name = m.rule.gguf.format(bid=m.bid) + m.suffix
-            w = weights.setdefault(module, AdaptedWeight(module, source, gguf_name, factor.layer))
-            w.factors[factor.gguf_suffix] = key
-
-    if towers:
+    if refused["towers"]:
         problems.append(
-            f"adapts the vision/audio towers ({_summary(towers)}), but llama.cpp applies a LoRA to the text model "
-            "only (the mmproj takes none)"
+            f"adapts the vision/audio towers ({_summary(refused['towers'])}), but llama.cpp applies a LoRA to the "
+            "text model only (the mmproj takes none)"
         )
-    if tied:
+    if refused["tied"]:
         problems.append(
-            f"adapts {_summary(tied)} of a base with tied embeddings, where llama.cpp's output projection is "
-            "token_embd itself and would receive the embedding's factors too"
+            f"adapts {_summary(refused['tied'])} of a base with tied embeddings, where llama.cpp's output projection "
+            "is token_embd itself and would receive the embedding's factors too"
         )
-    if extra:
-        problems.append(f"holds tensors that are not LoRA factors ({_summary(extra)})")
+    if refused["extra"]:
+        problems.append(f"holds tensors that are not LoRA factors ({_summary(refused['extra'])})")
     if problems:
         raise ConversionError(
             f"{adapter.folder} cannot become a llama.cpp LoRA: it " + "; it ".join(problems) + f". Fix: {MERGE_HINT}."
         )
-    if unknown:
+    if refused["unknown"]:
         raise ConversionError(
             f"{adapter.folder} adapts modules that are not text-decoder weights of {ckpt.folder} "
-            f"({_summary(unknown)}): pass the model the adapter was trained on as --base"
+            f"({_summary(refused['unknown'])}): pass the model the adapter was trained on as --base"
         )
-    if not weights:
-        raise ConversionError(f"{adapter.weights}: holds no LoRA factors")
-    order = {name: i for i, name in enumerate(ckpt.tensors)}
-    return sorted(weights.values(), key=lambda w: order[w.source])
 
 
 # --- scales ----------------------------------------------------------------------------------------------------------

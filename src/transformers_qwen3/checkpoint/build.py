@@ -288,6 +288,31 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
     src = Path(src)
     sources = [src] + ([Path(audio_from)] if audio_from is not None else [])
     check_destination(dst, force=force, sources=sources)  # before any heavy reading
+    config, key_mapping = _source_config(src)
+    shards = source_shards(src)
+    omni_shards = []
+    if audio_from is not None:
+        config = _with_omni_audio(config, Path(audio_from))
+        omni_shards = source_shards(Path(audio_from))
+    _check_all_shards(config, key_mapping, shards, omni_shards)
+    dtype = stored_dtype(shards[0])  # keep the tensors as stored, whatever config.json claims
+    config.dtype = dtype
+
+    with atomic_folder(dst, force=force, sources=sources) as tmp:
+        if key_mapping is None and not omni_shards:
+            for shard in shards:
+                shutil.copyfile(shard, tmp / shard.name)
+            if len(shards) > 1 or shards[0].name != "model.safetensors":  # the shards came from the index
+                shutil.copyfile(src / INDEX_NAME, tmp / INDEX_NAME)
+        else:
+            _write_through_transformers(tmp, src, config, key_mapping, omni_shards, dtype)
+        _write_common(tmp, config, tokenizer)
+        write_provenance(tmp, src, audio_from, base_model)
+    return Path(dst)
+
+
+def _source_config(src: Path):
+    """Our config for the native folder ``src`` (validated first) and the key mapping its weights need."""
     raw = read_config_json(src)
     model_type = raw.get("model_type")
     if model_type not in IMPORTERS:
@@ -299,59 +324,42 @@ def import_checkpoint(src, dst, tokenizer=None, force: bool = False, audio_from=
 
     validate_folder(src)  # schema, index, headers, shapes: one clear error before transformers reads anything
     make_config, key_mapping = IMPORTERS[model_type]
-    config = make_config(raw)
-    shards = source_shards(src)
-    omni_shards = []
-    if audio_from is not None:
-        audio_from = Path(audio_from)
-        audio = omni_audio_config(read_config_json(audio_from))
-        if audio.get("output_dim") != config.text_config.hidden_size:
-            raise CheckpointError(
-                f"{audio_from}: the audio tower projects to {audio.get('output_dim')} but the decoder's hidden size "
-                f"is {config.text_config.hidden_size}; take the audio tower from a Qwen3-Omni whose thinker "
-                f"matches this decoder's width."
-            )
-        config = Qwen3MultimodalConfig(**{**config.to_dict(), "audio_config": audio})
-        omni_shards = source_shards(audio_from)
+    return make_config(raw), key_mapping
+
+
+def _with_omni_audio(config, audio_from: Path):
+    """``config`` plus the audio tower of the Qwen3-Omni checkpoint ``audio_from``, whose width must fit."""
+    audio = omni_audio_config(read_config_json(audio_from))
+    if audio.get("output_dim") != config.text_config.hidden_size:
+        raise CheckpointError(
+            f"{audio_from}: the audio tower projects to {audio.get('output_dim')} but the decoder's hidden size "
+            f"is {config.text_config.hidden_size}; take the audio tower from a Qwen3-Omni whose thinker "
+            f"matches this decoder's width."
+        )
+    return Qwen3MultimodalConfig(**{**config.to_dict(), "audio_config": audio})
+
+
+def _check_all_shards(config, key_mapping, shards: list[Path], omni_shards: list[Path]) -> None:
     expected = expected_shapes(config)
     check_shards(shards, {k: v for k, v in expected.items() if not k.startswith(AUDIO_PREFIX)}, key_mapping)
     if omni_shards:
-        check_shards(
-            omni_shards,
-            {
-                k.replace(AUDIO_PREFIX, OMNI_AUDIO_PREFIX, 1): v
-                for k, v in expected.items()
-                if k.startswith(AUDIO_PREFIX)
-            },
-            None,
-            partial=True,
-        )
-    dtype = stored_dtype(shards[0])  # keep the tensors as stored, whatever config.json claims
-    config.dtype = dtype
+        audio = {
+            k.replace(AUDIO_PREFIX, OMNI_AUDIO_PREFIX, 1): v for k, v in expected.items() if k.startswith(AUDIO_PREFIX)
+        }
+        check_shards(omni_shards, audio, None, partial=True)
 
-    with atomic_folder(dst, force=force, sources=sources) as tmp:
-        if key_mapping is None and not omni_shards:
-            for shard in shards:
-                shutil.copyfile(shard, tmp / shard.name)
-            if len(shards) > 1 or shards[0].name != "model.safetensors":  # the shards came from the index
-                shutil.copyfile(src / INDEX_NAME, tmp / INDEX_NAME)
-            _write_common(tmp, config, tokenizer)
-        else:
-            model = Qwen3MultimodalForConditionalGeneration.from_pretrained(
-                src,
-                config=config,
-                key_mapping=key_mapping,
-                dtype=dtype,
-            )
-            if omni_shards:
-                model.model.audio_tower.load_state_dict(read_prefixed(omni_shards, OMNI_AUDIO_PREFIX), strict=True)
-            # not save_pretrained: it would reverse the key mapping and write Qwen3-VL's names back
-            tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-            state = {k: v for k, v in model.state_dict().items() if k not in tied}
-            write_shards(tmp, state.items(), state)
-            _write_common(tmp, config, tokenizer)
-        write_provenance(tmp, src, audio_from, base_model)
-    return Path(dst)
+
+def _write_through_transformers(tmp: Path, src: Path, config, key_mapping, omni_shards: list[Path], dtype) -> None:
+    """Load with transformers' key mapping (plus the Omni audio tower) and write our keys."""
+    model = Qwen3MultimodalForConditionalGeneration.from_pretrained(
+        src, config=config, key_mapping=key_mapping, dtype=dtype
+    )
+    if omni_shards:
+        model.model.audio_tower.load_state_dict(read_prefixed(omni_shards, OMNI_AUDIO_PREFIX), strict=True)
+    # not save_pretrained: it would reverse the key mapping and write Qwen3-VL's names back
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    state = {k: v for k, v in model.state_dict().items() if k not in tied}
+    write_shards(tmp, state.items(), state)
 
 
 def stored_dtype(shard: Path) -> torch.dtype:

@@ -211,6 +211,29 @@ def _write_ggufs(tmp_model: Path, gtmp: Path, types: list[str], name: str) -> li
     return files
 
 
+def _gguf_facts(paths: list[Path], gtmp: Path, src: Path) -> tuple[list[GGUFFacts], str | None]:
+    """What the card says about each GGUF file: read from the file, plus the measured quality where recorded."""
+    quality, reference = read_gguf_quality(gtmp, src)
+    ggufs = []
+    for path in paths:
+        g = inspect_gguf(path)
+        q = quality.get(path.name, {})
+        g.top1_agreement, g.kl_divergence = q.get("top1_agreement"), q.get("kl_divergence")
+        ggufs.append(g)
+    return ggufs, reference
+
+
+def _write_licence_and_cards(inputs: CardInputs, src: Path, tmp: Path, gtmp: Path | None) -> None:
+    for folder in filter(None, (tmp, gtmp)):
+        if inputs.license.text is not None:
+            (folder / "LICENSE").write_text(inputs.license.text, encoding="utf-8")
+    build_model_card(inputs).save(tmp / "README.md")
+    if gtmp is not None:
+        build_gguf_card(inputs).save(gtmp / "README.md")
+        if not (gtmp / GGUF_QUALITY_FILE).exists() and (src / GGUF_QUALITY_FILE).is_file():
+            shutil.copyfile(src / GGUF_QUALITY_FILE, gtmp / GGUF_QUALITY_FILE)
+
+
 def export_model(
     src: Path,
     out: Path,
@@ -246,16 +269,9 @@ def export_model(
         gtmp = stack.enter_context(atomic_folder(gguf_out, force=force, sources=[src])) if gguf_out else None
         _write_model_folder(src, tmp, multimodal, max_shard_size, trust_remote_code)
         facts = inspect_model_folder(tmp, name=out.name)
-        ggufs: list[GGUFFacts] = []
-        reference = None
-        if gtmp is not None:
-            gguf_paths = _write_ggufs(tmp, gtmp, gguf_types, out.name)
-            quality, reference = read_gguf_quality(gtmp, src)
-            for path in gguf_paths:
-                g = inspect_gguf(path)
-                q = quality.get(path.name, {})
-                g.top1_agreement, g.kl_divergence = q.get("top1_agreement"), q.get("kl_divergence")
-                ggufs.append(g)
+        ggufs, reference = (
+            _gguf_facts(_write_ggufs(tmp, gtmp, gguf_types, out.name), gtmp, src) if gtmp else ([], None)
+        )
         inputs = CardInputs(
             facts=facts,
             license=license_choice,
@@ -267,14 +283,7 @@ def export_model(
             gguf_reference=reference,
             transformers_floor=_transformers_floor(),
         )
-        for folder in filter(None, (tmp, gtmp)):
-            if license_choice.text is not None:
-                (folder / "LICENSE").write_text(license_choice.text, encoding="utf-8")
-        build_model_card(inputs).save(tmp / "README.md")
-        if gtmp is not None:
-            build_gguf_card(inputs).save(gtmp / "README.md")
-            if not (gtmp / GGUF_QUALITY_FILE).exists() and (src / GGUF_QUALITY_FILE).is_file():
-                shutil.copyfile(src / GGUF_QUALITY_FILE, gtmp / GGUF_QUALITY_FILE)
+        _write_licence_and_cards(inputs, src, tmp, gtmp)
         files = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
         gfiles = sorted(p.relative_to(gtmp) for p in gtmp.rglob("*") if p.is_file()) if gtmp else []
     # the ExitStack renamed OUT-GGUF, then OUT, into place
@@ -296,15 +305,23 @@ def _warn_if_dropping_restrictions(src: Path, chosen: LicenseChoice) -> None:
 
 
 def _transformers_floor() -> str | None:
-    """The oldest transformers the package declares support for (its pin's floor), for the card."""
-    try:
-        from importlib.metadata import requires
+    """The oldest transformers the package declares support for (the lower bound of its requirement), for the
+    card; the running transformers when the package is not installed as a distribution (a PYTHONPATH checkout)."""
+    from importlib.metadata import PackageNotFoundError, requires
 
-        for req in requires("transformers-qwen3") or []:
-            if req.startswith("transformers") and ">=" in req:
-                return req.split(">=")[1].split(",")[0].split(";")[0].strip()
-    except Exception:  # not installed as a distribution (PYTHONPATH checkout): fall back to the running version
-        pass
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    try:
+        declared = [Requirement(line) for line in requires("transformers-qwen3") or []]
+    except PackageNotFoundError:
+        declared = []
+    for req in declared:
+        if canonicalize_name(req.name) == "transformers" and not req.marker:
+            floors = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=", "===")]
+            if floors:
+                return str(min(floors))
     import transformers
 
     return transformers.__version__

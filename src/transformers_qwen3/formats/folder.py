@@ -289,12 +289,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_FIX = "download the file again (or re-save the checkpoint)"
+
+
 def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
     """Every tensor of one safetensors file from its header, checked against the file the way safetensors itself
     does before trusting it: the u64 header length fits the file, the header is a JSON object, each dtype is one we
     read, each ``data_offsets`` pair spans exactly shape × dtype bytes, the pairs tile the data region without gaps
     or overlaps, and the file ends where the last tensor does."""
-    fix = "download the file again (or re-save the checkpoint)"
+    size, raw = _header_bytes(path)
+    data_start = 8 + len(raw)
+    tensors, spans = {}, []
+    for name, entry in _header_json(path, raw).items():
+        begin, end = _checked_offsets(path, name, entry)
+        spans.append((begin, end, name))
+        tensors[name] = StoredTensor(entry["dtype"], tuple(entry["shape"]), data_start + begin)
+    _check_tiling(path, spans, size, data_start)
+    return tensors
+
+
+def _header_bytes(path: Path) -> tuple[int, bytes]:
+    """The file's size and its JSON header's bytes (after the u64 little-endian length)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -302,75 +317,84 @@ def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
             if len(head) < 8:
                 raise CheckpointFolderError(
                     f"{path}: {size} bytes, too short for a safetensors file (it starts with an 8-byte header "
-                    f"length): truncated; {fix}"
+                    f"length): truncated; {_FIX}"
                 )
             (n,) = struct.unpack("<Q", head)
             if n > size - 8:
                 raise CheckpointFolderError(
                     f"{path}: its header length field says {n} bytes but the file has {size}: truncated or not a "
-                    f"safetensors file; {fix}"
+                    f"safetensors file; {_FIX}"
                 )
             if n > MAX_HEADER_BYTES:
                 raise CheckpointFolderError(
-                    f"{path}: header length {n} bytes is over safetensors' {MAX_HEADER_BYTES}-byte limit: corrupt; {fix}"
+                    f"{path}: header length {n} bytes is over safetensors' {MAX_HEADER_BYTES}-byte limit: corrupt; "
+                    f"{_FIX}"
                 )
-            raw = f.read(n)
+            return size, f.read(n)
     except OSError as e:
         raise CheckpointFolderError(f"{path}: cannot read it ({e.strerror or e})") from e
+
+
+def _header_json(path: Path, raw: bytes) -> dict[str, Any]:
+    """The header's tensor entries (``__metadata__`` checked and dropped)."""
     try:
         header = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError
-        raise CheckpointFolderError(f"{path}: the safetensors header is not valid JSON ({e}): corrupt; {fix}") from e
+        raise CheckpointFolderError(f"{path}: the safetensors header is not valid JSON ({e}): corrupt; {_FIX}") from e
     if not isinstance(header, dict):
-        raise CheckpointFolderError(f"{path}: the safetensors header is not a JSON object: corrupt; {fix}")
+        raise CheckpointFolderError(f"{path}: the safetensors header is not a JSON object: corrupt; {_FIX}")
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not isinstance(metadata, dict):
-        raise CheckpointFolderError(f"{path}: the header's __metadata__ is not an object: corrupt; {fix}")
+        raise CheckpointFolderError(f"{path}: the header's __metadata__ is not an object: corrupt; {_FIX}")
+    return header
 
-    tensors, spans = {}, []
-    for name, entry in header.items():
-        if not isinstance(entry, dict):
-            raise CheckpointFolderError(f"{path}: header entry {name!r} is not an object: corrupt; {fix}")
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-            raise CheckpointFolderError(
-                f"{path}: tensor {name!r} is stored as {dtype!r}; only F32 / BF16 / F16 checkpoints can be used "
-                "(dequantize FP8 / int checkpoints first)"
-            )
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise CheckpointFolderError(
-                f"{path}: tensor {name!r} has shape {shape!r}, not a list of sizes: corrupt; {fix}"
-            )
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise CheckpointFolderError(f"{path}: tensor {name!r} has data_offsets {offsets!r}: corrupt; {fix}")
-        begin, end = offsets
-        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
-        if not 0 <= begin <= end or end - begin != nbytes:
-            raise CheckpointFolderError(
-                f"{path}: tensor {name!r} has data_offsets {offsets} but its shape {shape} of {dtype} takes {nbytes} "
-                f"bytes: corrupt; {fix}"
-            )
-        spans.append((begin, end, name))
-        tensors[name] = StoredTensor(dtype, tuple(shape), 8 + n + begin)
+
+def _checked_offsets(path: Path, name: str, entry: Any) -> tuple[int, int]:
+    """One header entry's ``data_offsets``, after its dtype, shape and byte count are checked."""
+    if not isinstance(entry, dict):
+        raise CheckpointFolderError(f"{path}: header entry {name!r} is not an object: corrupt; {_FIX}")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointFolderError(
+            f"{path}: tensor {name!r} is stored as {dtype!r}; only F32 / BF16 / F16 checkpoints can be used "
+            "(dequantize FP8 / int checkpoints first)"
+        )
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CheckpointFolderError(
+            f"{path}: tensor {name!r} has shape {shape!r}, not a list of sizes: corrupt; {_FIX}"
+        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise CheckpointFolderError(f"{path}: tensor {name!r} has data_offsets {offsets!r}: corrupt; {_FIX}")
+    begin, end = offsets
+    nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+    if not 0 <= begin <= end or end - begin != nbytes:
+        raise CheckpointFolderError(
+            f"{path}: tensor {name!r} has data_offsets {offsets} but its shape {shape} of {dtype} takes {nbytes} "
+            f"bytes: corrupt; {_FIX}"
+        )
+    return begin, end
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], size: int, data_start: int) -> None:
+    """The tensors' byte ranges tile the data region: no gap, no overlap, nothing after the last one."""
     position = 0
     for begin, end, name in sorted(spans):
         if begin != position:
             raise CheckpointFolderError(
                 f"{path}: tensor {name!r} starts at data byte {begin}, expected {position} (the data regions "
-                f"overlap or leave a gap): corrupt; {fix}"
+                f"overlap or leave a gap): corrupt; {_FIX}"
             )
         position = end
-    data_size = size - 8 - n
+    data_size = size - data_start
     if position > data_size:
         raise CheckpointFolderError(
-            f"{path}: truncated: its header describes {8 + n + position} bytes but the file has {size}; {fix}"
+            f"{path}: truncated: its header describes {data_start + position} bytes but the file has {size}; {_FIX}"
         )
     if position < data_size:
         raise CheckpointFolderError(
-            f"{path}: {data_size - position} bytes follow the last tensor (the header describes {8 + n + position} "
-            f"of {size}): corrupt or a different file; {fix}"
+            f"{path}: {data_size - position} bytes follow the last tensor (the header describes "
+            f"{data_start + position} of {size}): corrupt or a different file; {_FIX}"
         )
-    return tensors
 
 
 def _index_safetensors(folder: Path, layout: Layout) -> dict[str, SourceTensor]:

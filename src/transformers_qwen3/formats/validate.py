@@ -206,80 +206,101 @@ def check_config(
 
 
 def _relations(config, text, vision, audio, t: str) -> list[str]:
-    problems = []
+    """Every relation between config values that the modules rely on and that does not hold, as messages."""
+    hidden = text["hidden_size"]
+    checks = _text_relations(config, text, t)
+    if vision is not None:
+        checks += _vision_relations(vision, hidden, t)
+    if audio is not None:
+        checks += _audio_relations(audio, hidden, t)
+    return [what for ok, what in checks if not ok]
 
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            problems.append(what)
 
+def _text_relations(config, text, t: str) -> list[tuple[bool, str]]:
     hidden, heads = text["hidden_size"], text["num_attention_heads"]
     kv = text.get("num_key_value_heads") or heads
-    need(
-        heads % kv == 0,
-        f"{t}num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv}): each key/value head "
-        "serves a whole group of query heads",
-    )
+    checks = [
+        (
+            heads % kv == 0,
+            f"{t}num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv}): each key/value "
+            "head serves a whole group of query heads",
+        )
+    ]
     head_dim = text.get("head_dim")
     if head_dim is None:
-        need(
-            hidden % heads == 0,
-            f"{t}hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) when head_dim is not given",
+        checks.append(
+            (
+                hidden % heads == 0,
+                f"{t}hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) when head_dim is "
+                "not given",
+            )
         )
         head_dim = hidden // heads
     layer_types = text.get("layer_types")
     if layer_types is not None:
-        need(
-            len(layer_types) == text["num_hidden_layers"],
-            f"{t}layer_types has {len(layer_types)} entries for {text['num_hidden_layers']} layers",
+        n_layers = text["num_hidden_layers"]
+        checks.append(
+            (len(layer_types) == n_layers, f"{t}layer_types has {len(layer_types)} entries for {n_layers} layers")
         )
     vocab = text["vocab_size"]
     pad = text.get("pad_token_id")
-    if pad is not None:
-        # the embedding's padding_idx: transformers asserts on any other value
-        need(
-            _is_int(pad) and -vocab <= pad < vocab,
-            f"{t}pad_token_id {pad} is outside the vocabulary (vocab_size {vocab})",
+    if pad is not None:  # the embedding's padding_idx: transformers asserts on any other value
+        checks.append(
+            (
+                _is_int(pad) and -vocab <= pad < vocab,
+                f"{t}pad_token_id {pad} is outside the vocabulary (vocab_size {vocab})",
+            )
         )
     for key in TOP_SCHEMA:
         if key.endswith("_token_id") and config.get(key) is not None:
-            need(config[key] < vocab, f"{key} {config[key]} is outside the vocabulary (vocab_size {vocab})")
+            checks.append((config[key] < vocab, f"{key} {config[key]} is outside the vocabulary (vocab_size {vocab})"))
     rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
     section = rope.get("mrope_section")
     if section:
-        need(
-            sum(section) == head_dim // 2,
-            f"{t}rope_parameters.mrope_section {section} must sum to head_dim/2 = {head_dim // 2} (M-RoPE splits "
-            "each head's rotary frequencies between time, height and width)",
+        checks.append(
+            (
+                sum(section) == head_dim // 2,
+                f"{t}rope_parameters.mrope_section {section} must sum to head_dim/2 = {head_dim // 2} (M-RoPE "
+                "splits each head's rotary frequencies between time, height and width)",
+            )
         )
-    if vision is not None:
-        depth = vision["depth"]
-        need(
+    return checks
+
+
+def _vision_relations(vision, hidden: int, t: str) -> list[tuple[bool, str]]:
+    depth = vision["depth"]
+    deepstack = vision.get("deepstack_visual_indexes") or []
+    return [
+        (
             vision["hidden_size"] % vision["num_heads"] == 0,
             f"vision_config.hidden_size ({vision['hidden_size']}) must be a multiple of num_heads "
             f"({vision['num_heads']})",
-        )
-        need(
+        ),
+        (
             vision["out_hidden_size"] == hidden,
             f"vision_config.out_hidden_size ({vision['out_hidden_size']}) must equal {t}hidden_size ({hidden}): "
             "image features enter the decoder's embedding stream",
-        )
-        deepstack = vision.get("deepstack_visual_indexes") or []
-        need(
+        ),
+        (
             all(i < depth for i in deepstack),
             f"vision_config.deepstack_visual_indexes {deepstack} must be layers of the tower (0 to {depth - 1})",
-        )
-    if audio is not None:
-        need(
+        ),
+    ]
+
+
+def _audio_relations(audio, hidden: int, t: str) -> list[tuple[bool, str]]:
+    return [
+        (
             audio["d_model"] % audio["encoder_attention_heads"] == 0,
             f"audio_config.d_model ({audio['d_model']}) must be a multiple of encoder_attention_heads "
             f"({audio['encoder_attention_heads']})",
-        )
-        need(
+        ),
+        (
             audio["output_dim"] == hidden,
-            f"audio_config.output_dim ({audio['output_dim']}) must equal {t}hidden_size ({hidden}): audio features "
-            "enter the decoder's embedding stream",
-        )
-    return problems
+            f"audio_config.output_dim ({audio['output_dim']}) must equal {t}hidden_size ({hidden}): audio "
+            "features enter the decoder's embedding stream",
+        ),
+    ]
 
 
 # --- tensors the config implies --------------------------------------------------------------------------------------
