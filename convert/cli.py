@@ -63,32 +63,19 @@ def run(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    # the options both converters take, under the same names
+    common = dict(outtype=args.outtype, name=args.name, force=args.force, dry_run=args.dry_run)
+    common["progress"] = not args.no_progress
     if is_lora_adapter(args.src):
         if args.tensor_type:
             raise ConversionError("--tensor-type applies to model checkpoints, not LoRA adapters")
-        paths = convert_lora(
-            args.src,
-            args.outdir,
-            outtype=args.outtype,
-            base=args.base,
-            name=args.name,
-            force=args.force,
-            dry_run=args.dry_run,
-            progress=not args.no_progress,
-        )
+        paths = convert_lora(args.src, args.outdir, base=args.base, **common)
     elif args.base is not None:
         raise ConversionError(f"--base applies to LoRA adapter folders; {args.src} has no adapter_config.json")
     else:
-        paths = convert_checkpoint(  # its errors are UserErrors: the CLI prints each as one line
-            args.src,
-            args.outdir,
-            outtype=args.outtype,
-            name=args.name,
-            force=args.force,
-            dry_run=args.dry_run,
-            progress=not args.no_progress,
-            tensor_types=dict(args.tensor_type) if args.tensor_type else None,
-        )
+        tensor_types = dict(args.tensor_type) if args.tensor_type else None
+        # its errors are UserErrors: the CLI prints each as one line
+        paths = convert_checkpoint(args.src, args.outdir, tensor_types=tensor_types, **common)
     if not args.dry_run:
         for path in paths:
             print(f"wrote {path}")

@@ -131,6 +131,81 @@ def _stage_mmproj(ckpt: Checkpoint, out: Output, tmp: Path, name: str, progress:
     write_gguf(tmp, ARCH_MMPROJ, out.plan, metadata, ckpt, progress, out.path.name)
 
 
+def _check_arguments(outtype: str, tensor_types: dict[str, str] | None, dry_run: bool) -> str:
+    outtype = outtype.lower()
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    if tensor_types and outtype not in LLAMA_FTYPES:
+        raise ConversionError("--tensor-type applies to llama.cpp's quantizer: use it with q6_k/q5_k_m/q4_k_m/q4_0")
+    if tensor_types:
+        check_tensor_types(tensor_types)
+    if outtype in LLAMA_FTYPES and not dry_run:
+        require_quantizer()  # before the lossless intermediate is written, not after
+    return outtype
+
+
+def _print_plans(outputs: list[Output]) -> None:
+    for out in outputs:
+        title = f"{out.path} ({out.kind}, {type_label(out.outtype)})"
+        if out.write_type != out.outtype:
+            title += f" — written as {type_label(out.write_type)}, then llama.cpp's quantizer picks each weight's final type"
+        print(format_plan(out.plan, title))
+
+
+def _kept_if_identical(outputs: list[Output], outtype: str, force: bool) -> set[Path]:
+    """The shared mmproj of a K-quant conversion may exist already (an earlier K-quant wrote the same Q8_0 file);
+    every other existing output needs --force."""
+    keep = {out.path for out in outputs if out.kind == "mmproj" and out.outtype != outtype}
+    clash = [out.path for out in outputs if out.path.exists() and out.path not in keep]
+    if clash and not force:
+        raise ConversionError(f"{', '.join(map(str, clash))} already exist(s); pass --force to overwrite")
+    return keep
+
+
+def _stage(ckpt: Checkpoint, out: Output, name: str, vocab: Vocab, temp_path, progress: bool, tensor_types) -> Path:
+    """Write ``out`` under a temporary name (K-quants: the intermediate, then llama.cpp's quantizer)."""
+    tmp = temp_path(out.path)
+    if out.kind != "text":
+        _stage_mmproj(ckpt, out, tmp, name, progress)
+        return tmp
+    _stage_text(ckpt, out, tmp, name, vocab, progress)
+    if out.write_type == out.outtype:
+        return tmp
+    quantized = temp_path(out.path)
+    llama_quantize(tmp, quantized, out.outtype, tensor_types)
+    tmp.unlink()
+    for line in type_report(written_types(quantized), out.outtype):
+        logger.info("%s: %s", out.path.name, line)
+    return quantized
+
+
+def _stage_and_publish(ckpt, outputs, name, vocab, keep_if_identical, force, progress, tensor_types) -> None:
+    """Stage every output, then rename them all into place; any error removes every staged file."""
+    staged: list[tuple[Path, Path]] = []
+    scratch: list[Path] = []
+
+    def temp_path(final: Path) -> Path:
+        # our temporary naming: a run killed mid-write leaves it behind, and the next run into OUTDIR removes it
+        tmp = temp_file(final)
+        scratch.append(tmp)
+        return tmp
+
+    try:
+        for out in outputs:
+            tmp = _stage(ckpt, out, name, vocab, temp_path, progress, tensor_types)
+            if out.path in keep_if_identical and out.path.exists() and not force:
+                if filecmp.cmp(tmp, out.path, shallow=False):
+                    logger.info("%s: unchanged, kept", out.path.name)
+                    continue
+                raise ConversionError(f"{out.path} exists with different content; pass --force to overwrite")
+            staged.append((tmp, out.path))
+        for tmp, final in staged:
+            publish_file(tmp, final)
+    finally:
+        for tmp in scratch:
+            tmp.unlink(missing_ok=True)
+
+
 def convert_checkpoint(
     src: str | os.PathLike,
     outdir: str | os.PathLike,
@@ -150,73 +225,17 @@ def convert_checkpoint(
     `dry_run` prints every tensor (name, shape, type, bytes) and the totals, and writes nothing.
     `tensor_types`: regex → ggml type overrides for llama.cpp's quantizer (K-quants / q4_0 only).
     """
-    outtype = outtype.lower()
-    if outtype not in OUTTYPES:
-        raise ConversionError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    if tensor_types and outtype not in LLAMA_FTYPES:
-        raise ConversionError("--tensor-type applies to llama.cpp's quantizer: use it with q6_k/q5_k_m/q4_k_m/q4_0")
-    if tensor_types:
-        check_tensor_types(tensor_types)
-    if outtype in LLAMA_FTYPES and not dry_run:
-        require_quantizer()  # before the lossless intermediate is written, not after
-    src = Path(src)
-    outdir = Path(outdir)
+    outtype = _check_arguments(outtype, tensor_types, dry_run)
+    src, outdir = Path(src), Path(outdir)
     ckpt = validate_folder(src)
     check_llama_cpp_support(ckpt)
     name = _check_name(name or src.resolve().name)
     outputs = plan_outputs(ckpt, outdir, outtype, name)
-
     if dry_run:
-        for out in outputs:
-            title = f"{out.path} ({out.kind}, {type_label(out.outtype)})"
-            if out.write_type != out.outtype:
-                title += (
-                    f" — written as {type_label(out.write_type)}, then llama.cpp's quantizer picks each "
-                    "weight's final type"
-                )
-            print(format_plan(out.plan, title))
+        _print_plans(outputs)
         return [out.path for out in outputs]
-
     vocab = load_vocab(ckpt.folder, ckpt.text["vocab_size"])  # tokenizer problems surface before any writing
     _prepare_outdir(outdir)
-    keep_if_identical = {out.path for out in outputs if out.kind == "mmproj" and out.outtype != outtype}
-    clash = [out.path for out in outputs if out.path.exists() and out.path not in keep_if_identical]
-    if clash and not force:
-        raise ConversionError(f"{', '.join(map(str, clash))} already exist(s); pass --force to overwrite")
-
-    staged: list[tuple[Path, Path]] = []
-    scratch: list[Path] = []
-
-    def temp_path(final: Path) -> Path:
-        # our temporary naming: a run killed mid-write leaves it behind, and the next run into OUTDIR removes it
-        tmp = temp_file(final)
-        scratch.append(tmp)
-        return tmp
-
-    try:
-        for out in outputs:
-            tmp = temp_path(out.path)
-            if out.kind == "text":
-                _stage_text(ckpt, out, tmp, name, vocab, progress)
-                if out.write_type != out.outtype:
-                    quantized = temp_path(out.path)
-                    llama_quantize(tmp, quantized, out.outtype, tensor_types)
-                    tmp.unlink()
-                    tmp = quantized
-                    for line in type_report(written_types(tmp), out.outtype):
-                        logger.info("%s: %s", out.path.name, line)
-            else:
-                _stage_mmproj(ckpt, out, tmp, name, progress)
-            if out.path in keep_if_identical and out.path.exists() and not force:
-                if filecmp.cmp(tmp, out.path, shallow=False):
-                    logger.info("%s: unchanged, kept", out.path.name)
-                    tmp.unlink()
-                    continue
-                raise ConversionError(f"{out.path} exists with different content; pass --force to overwrite")
-            staged.append((tmp, out.path))
-        for tmp, final in staged:
-            publish_file(tmp, final)
-    finally:
-        for tmp in scratch:
-            tmp.unlink(missing_ok=True)
+    keep_if_identical = _kept_if_identical(outputs, outtype, force)
+    _stage_and_publish(ckpt, outputs, name, vocab, keep_if_identical, force, progress, tensor_types)
     return [out.path for out in outputs]
