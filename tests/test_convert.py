@@ -339,3 +339,38 @@ def test_cli_convert_dry_run_and_error(root, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nope"), str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a folder" in err
+
+
+# --- reading GGUF files back (formats.gguf_file) ------------------------------------------------------------------
+def test_gguf_reader_reads_what_gguf_py_wrote_and_refuses_damaged_files(tmp_path):
+    """Oracle: the types, architecture and file type handed to gguf-py's writer; damaged copies are one
+    GGUFFileError (a UserError) naming the file, not numpy's or struct's error."""
+    import numpy as np
+
+    from transformers_qwen3.formats.errors import GGUFFileError
+    from transformers_qwen3.formats.gguf_file import architecture, file_type_name, read_gguf, tensor_types
+
+    path = tmp_path / "t.gguf"
+    writer = gguf.GGUFWriter(path, "qwen3")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_tensor("a.weight", np.ones((4, 32), dtype=np.float32))
+    writer.add_tensor("b.weight", np.ones((2, 32), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert tensor_types(path) == {"a.weight": "F32", "b.weight": "F16"}
+    reader = read_gguf(path)
+    assert architecture(reader) == "qwen3" and file_type_name(reader) == "Q8_0"
+
+    data = path.read_bytes()
+    (tmp_path / "short.gguf").write_bytes(data[:40])
+    (tmp_path / "other.gguf").write_bytes(b"PK\x03\x04" + data[4:])
+    for name, message in (
+        ("short.gguf", "truncated or corrupt"),
+        ("other.gguf", "not a GGUF file"),
+        ("no.gguf", "cannot read"),
+    ):
+        with pytest.raises(GGUFFileError, match=message) as err:
+            read_gguf(tmp_path / name)
+        assert name in str(err.value) and isinstance(err.value, UserError)
