@@ -1,11 +1,14 @@
 """The import path of the product brief (``from qwen3_multimodal import Pipeline``): a thin alias of
-transformers_qwen3."""
+transformers_qwen3, as lazy as it is (no star import, which would load every name at once)."""
 
 import transformers_qwen3 as _package
-from transformers_qwen3 import *  # noqa: F403
-from transformers_qwen3 import __all__  # noqa: F401
+
+__all__ = list(_package.__all__)
 
 
 def __getattr__(name):
-    # lazy names of transformers_qwen3 (Pipeline) resolve there
     return getattr(_package, name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
