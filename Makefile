@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 demo: venv llama-cpp
-	$(PY) -m transformers_qwen3.demo.run
+	$(PY) -m transformers_qwen3.cli demo run
 
 # pytest-xdist: one worker per core; --dist loadfile keeps each test file on one worker, so a file's module fixtures
 # (tiny checkpoints, converted GGUFs) are built once. `make test PYTEST_WORKERS=0` runs in one process.

@@ -299,22 +299,22 @@ def fine_tune(model, optimizer, data: dict, args) -> dict:
 
 
 def run_arm(args) -> dict:
-    from transformers_qwen3.training.lora import trainable_parameters
+    from transformers_qwen3.training.finetune import parameter_counts
 
     torch.set_num_threads(args.threads)
     data = torch.load(Path(args.work) / "data.pt")
     model, head, embedding, optimizer, lr = prepare_arm(args)
-    report = trainable_parameters(model)
+    trainable, total = parameter_counts(model)
     trainable_embedding = embedding if args.arm == "full" else 0
     rss_loaded = memory_mb("VmRSS")
     trained = fine_tune(model, optimizer, data, args)
     return {
         "arm": args.arm,
-        "trainable": report.trainable,
-        "total": report.total,
-        "fraction": report.fraction,
-        "non_embedding_total": report.total - embedding,
-        "non_embedding_trainable": report.trainable - trainable_embedding,
+        "trainable": trainable,
+        "total": total,
+        "fraction": trainable / total,
+        "non_embedding_total": total - embedding,
+        "non_embedding_trainable": trainable - trainable_embedding,
         "lr": lr,
         **trained,
         "peak_rss_mb": memory_mb("VmHWM"),

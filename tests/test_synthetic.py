@@ -22,13 +22,9 @@ from transformers_qwen3.demo import synthetic
 from transformers_qwen3.demo.synthetic import ANSWERS, SPLITS, make_dataset, make_sample
 from transformers_qwen3.errors import UserError
 
-# The verb-table line the demo's commands live under (src/transformers_qwen3/cli.py). Set here until the table has it.
-DEMO_VERB = ("transformers_qwen3.demo.cli", "the demo model: run, build, eval, train, retrain, synthetic data")
-
 
 def _synthetic_cli(argv: list[str], monkeypatch) -> int:
     """``transformers-qwen3 demo synthetic ARGV``: the command a user types."""
-    monkeypatch.setitem(cli.VERBS, "demo", cli.VERBS.get("demo", DEMO_VERB))
     return cli.main(["demo", "synthetic", *argv])
 
 

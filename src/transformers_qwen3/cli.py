@@ -28,6 +28,7 @@ VERBS = {
         "trainable parameters of a LoRA setting on a preset shape",
     ),
     "export": ("transformers_qwen3.export.publish", "write a Hub-ready repository (card, licence, GGUF)"),
+    "demo": ("transformers_qwen3.demo.cli", "the demo model: run, build, eval, train, retrain, synthetic data"),
 }
 
 
