@@ -6,12 +6,13 @@ without ``trust_remote_code``. This file never ships to the Hub: the Hub files i
 The import itself is cheap (no torch, no transformers), so that the command line starts at once:
 
 - The public names below are resolved on first use (a module ``__getattr__``).
-- Registration waits for transformers: each Auto module (``configuration_auto``, ``modeling_auto``,
-  ``tokenization_auto``, ``processing_auto``) gets our entries right after it is imported, or at once if it already
-  is. The configs are registered as themselves (they are light, and they are the mappings' keys); the model,
-  tokenizer and processor classes as stand-ins that import their file on the first attribute an Auto class reads,
-  i.e. when a folder is actually loaded. So ``from transformers import AutoModelForCausalLM`` stays as fast as it
-  is without us, and no import of ours can meet a half-initialised transformers module.
+- Registration waits for transformers and imports nothing itself: when ``configuration_auto`` has run, AutoConfig
+  gets stand-ins keyed by our ``model_type``; when both our configuration file and ``modeling_auto`` /
+  ``tokenization_auto`` / ``processing_auto`` have run (in either order), those Auto classes get stand-ins keyed
+  by the real config class. A stand-in imports its file on the first attribute an Auto class reads from it, i.e.
+  when a folder is actually loaded. So ``from transformers import AutoModelForCausalLM`` costs what it costs without
+  us, and a registration that runs in the middle of a transformers import cannot meet a half-initialised module
+  (``Qwen3Config``'s docstring decorator imports ``modeling_auto``, for one).
 """
 
 import importlib
