@@ -96,7 +96,9 @@ def audio_thinker_for(ours):
     thinker = Qwen3OmniMoeThinkerForConditionalGeneration(
         Qwen3OmniMoeThinkerConfig(audio_config=AUDIO, vision_config=VISION, text_config=text)
     ).eval()
-    thinker.model.audio_tower.load_state_dict(ours.model.audio_tower.state_dict(), strict=True)
+    # transformers < 5.22 has no thinker base model: the audio tower sits on the thinker itself
+    owner = thinker.model if hasattr(thinker.model, "audio_tower") else thinker
+    owner.audio_tower.load_state_dict(ours.model.audio_tower.state_dict(), strict=True)
     return thinker
 
 
