@@ -7,7 +7,7 @@ The same random weights go to our model and transformers' native class on the de
 
 import pytest
 import torch
-from test_multimodal_parity import AUDIO_CFG, PROMPTS, TEXT, VISION, build, mm_types
+from helpers.vl_prompts import AUDIO_CFG, PROMPTS, TEXT, VISION, build, mm_types
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
