@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_clean_python
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from transformers_qwen3.checkpoint.build import expected_shapes, import_checkpoint, init_checkpoint
@@ -202,3 +204,54 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     code = main(["import", str(tmp_path / "nowhere"), str(tmp_path / "dst")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "config.json not found" in err
+
+
+# ---- the folder check's written-out Qwen3 shapes vs transformers' own module ---------------------------------------
+
+
+def native_text_shapes(config: Qwen3Config) -> dict:
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "0.6b", "1.7b", "4b", "8b"])
+def test_text_shape_table_equals_qwen3_for_causal_lm_on_presets(preset):
+    from transformers_qwen3.checkpoint.presets import text_config
+    from transformers_qwen3.formats.validate import qwen3_text_shapes
+
+    config = Qwen3Config(**text_config(preset))
+    assert qwen3_text_shapes(config) == native_text_shapes(config)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    heads=st.integers(1, 8),
+    kv_divisor=st.sampled_from([1, 2, 4, 8]),
+    head_dim=st.one_of(st.none(), st.sampled_from([4, 8, 12])),
+    layers=st.integers(1, 3),
+    inter=st.integers(1, 40),
+    vocab=st.integers(8, 300),
+    bias=st.booleans(),
+    tied=st.booleans(),
+)
+def test_text_shape_table_equals_qwen3_for_causal_lm_on_random_configs(
+    heads, kv_divisor, head_dim, layers, inter, vocab, bias, tied
+):
+    from transformers_qwen3.formats.validate import qwen3_text_shapes
+
+    kv = max(1, heads // kv_divisor)
+    hidden = 8 * heads
+    extra = {"head_dim": head_dim} if head_dim is not None else {}
+    config = Qwen3Config(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        vocab_size=vocab,
+        attention_bias=bias,
+        tie_word_embeddings=tied,
+        **extra,
+    )
+    assert qwen3_text_shapes(config) == native_text_shapes(config)

@@ -337,9 +337,42 @@ def _built(what: str, ckpt: Checkpoint, build: Callable[[], dict[str, tuple[int,
         ) from e
 
 
+def qwen3_text_shapes(c) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of transformers' ``Qwen3ForCausalLM(c)`` (``lm_head.weight`` included, as its state dict
+    has it even when tied), written out from its module definitions. Building the module on the meta device would
+    import transformers' modeling code, 3.3 s of every verb's start (docs/benchmarks.md); the tests compare this
+    table with that module for every preset and for random configs."""
+    hidden, inter, vocab = c.hidden_size, c.intermediate_size, c.vocab_size
+    head_dim = getattr(c, "head_dim", hidden // c.num_attention_heads)  # Qwen3Attention's own rule
+    if not isinstance(head_dim, int):
+        raise TypeError(f"head_dim must be an int, got {head_dim!r}")
+    q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+    layer = {
+        "self_attn.q_proj.weight": (q, hidden),
+        "self_attn.k_proj.weight": (kv, hidden),
+        "self_attn.v_proj.weight": (kv, hidden),
+        "self_attn.o_proj.weight": (hidden, q),
+        "self_attn.q_norm.weight": (head_dim,),
+        "self_attn.k_norm.weight": (head_dim,),
+        "mlp.gate_proj.weight": (inter, hidden),
+        "mlp.up_proj.weight": (inter, hidden),
+        "mlp.down_proj.weight": (hidden, inter),
+        "input_layernorm.weight": (hidden,),
+        "post_attention_layernorm.weight": (hidden,),
+    }
+    if c.attention_bias:
+        layer |= {f"self_attn.{n}_proj.bias": (w,) for n, w in (("q", q), ("k", kv), ("v", kv), ("o", hidden))}
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(c.num_hidden_layers):
+        shapes |= {f"model.layers.{i}.{name}": shape for name, shape in layer.items()}
+    shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
+
+
 def expected_tensors(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
     """Every tensor the checkpoint must have on disk (name → torch shape)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    # the configuration module only (0.85 s): its strict fields and defaults are transformers' own
+    from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 
     text = {k: v for k, v in ckpt.text.items() if k not in ("model_type", "architectures", "auto_map")}
     rope = {
@@ -348,7 +381,7 @@ def expected_tensors(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
     text["rope_parameters"] = rope
     text.pop("rope_scaling", None)
     text["tie_word_embeddings"] = ckpt.tie_word_embeddings
-    shapes = _built("a Qwen3 decoder", ckpt, lambda: _meta_state_shapes(lambda: Qwen3ForCausalLM(Qwen3Config(**text))))
+    shapes = _built("a Qwen3 decoder", ckpt, lambda: qwen3_text_shapes(Qwen3Config(**text)))
     if ckpt.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
 
