@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import platform
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import set_seed
 
 from ..outputs import atomic_file
 from .data import Item, answer_logits, collate, encode_split
@@ -69,16 +69,13 @@ class Run:
 
 
 def _lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warmup, then cosine down to 5 % of ``lr``: transformers' ``get_cosine_with_min_lr_schedule_with_warmup``
+    (``min_lr_rate=0.05``) but one step ahead during warmup (``step + 1``). Kept as recorded, because the committed
+    weights were trained with it and the recipe must rerun them (demo/recipe.py)."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
     progress = (step - s.warmup) / max(1, s.steps - s.warmup)
     return s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _trainable_state(model, dtype=torch.bfloat16) -> dict:
@@ -141,7 +138,7 @@ def encode_data(settings: TrainSettings, tokenizer=None) -> tuple[list[Item], li
 
 def start_run(settings: TrainSettings, init_from: Path | None) -> Run:
     """Seeded model (fresh, or the trained part of ``init_from``), tower probes and AdamW; the table stays frozen."""
-    _seed_everything(settings.seed)
+    set_seed(settings.seed)  # python, numpy and torch, as the recorded runs seeded them
     model = build_model(load_trained(init_from) if init_from else None).train()
     model.model.embed_tokens.weight.requires_grad_(False)  # frozen (and tied: the output head too)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -261,7 +258,7 @@ def train(
     n_trainable = sum(p.numel() for p in run.params)
     print(f"parameters: {n_total / 1e6:.2f} M, trained {n_trainable / 1e6:.2f} M (embedding table frozen)")
     speed = timed_speedup(run, train_items, settings) if measure else None
-    _seed_everything(settings.seed)
+    set_seed(settings.seed)  # python, numpy and torch, as the recorded runs seeded them
     t_train = time.perf_counter()
     history = train_loop(run, train_items, val_items, settings)
     train_seconds = time.perf_counter() - t_train
