@@ -43,8 +43,10 @@ from pathlib import Path
 
 import torch
 
+from transformers_qwen3.remote.tokens_qwen3_multimodal import ENDOFTEXT_ID
+
 HERE = Path(__file__).resolve().parent
-PAD = 151643  # <|endoftext|>
+PAD = ENDOFTEXT_ID
 
 # ---- the task ------------------------------------------------------------------------------------------------------
 

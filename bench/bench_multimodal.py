@@ -21,6 +21,13 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3Omni
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
 from transformers_qwen3.checkpoint.presets import OMNI_AUDIO, VISION_SHAPES, text_config, vision_config
 from transformers_qwen3.formats.keys import renamed
+from transformers_qwen3.remote.tokens_qwen3_multimodal import (
+    IM_END_ID,
+    IM_START_ID,
+    IMAGE_TOKEN_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+)
 
 
 def pair_round(i, native_fn, ours_fn):
@@ -69,8 +76,14 @@ def vision_times(native_vl, ours, rounds: int) -> tuple[float, float]:
     """Median (native s, ours s): vision tower + prefill for a 448x448 image (28x28 patches of 16, 196 tokens)."""
     grid = torch.tensor([[1, 28, 28]])
     pixels = torch.randn(28 * 28, 3 * 2 * 16 * 16)
-    ids = torch.tensor([[151644, 872, 198, 151652] + [151655] * 196 + [151653, 3838, 374, 419, 30, 151645]])
-    types = (ids == 151655).int()
+    ids = torch.tensor(
+        [
+            [IM_START_ID, 872, 198, VISION_START_ID]
+            + [IMAGE_TOKEN_ID] * 196
+            + [VISION_END_ID, 3838, 374, 419, 30, IM_END_ID]
+        ]
+    )
+    types = (ids == IMAGE_TOKEN_ID).int()
     times = [
         pair_round(
             i,

@@ -23,6 +23,7 @@ from ..formats.keys import AUDIO_PREFIX, OMNI_AUDIO_PREFIX, QWEN3_VL_RENAMES, ke
 from ..outputs import atomic_folder, check_destination
 from ..remote.configuration_qwen3_multimodal import Qwen3MultimodalConfig
 from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+from ..remote.tokens_qwen3_multimodal import ENDOFTEXT_ID, IM_END_ID
 from .hub_folder import copy_code_files, save_preprocessing, set_auto_map
 from .presets import preset_config
 
@@ -57,8 +58,8 @@ def _write_common(folder: Path, config, tokenizer) -> None:
 
     GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=[151645, 151643],  # <|im_end|>, <|endoftext|> as Qwen3's generation_config.json
-        pad_token_id=151643,
+        eos_token_id=[IM_END_ID, ENDOFTEXT_ID],  # <|im_end|>, <|endoftext|> as Qwen3's generation_config.json
+        pad_token_id=ENDOFTEXT_ID,
     ).save_pretrained(folder)
     save_preprocessing(config, tokenizer, folder)
     copy_code_files(folder)

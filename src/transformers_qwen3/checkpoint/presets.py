@@ -6,14 +6,16 @@ projection sized to the decoder. ``tiny``/``tiny-mm`` are test-sized with the re
 fits them).
 """
 
+from ..remote.tokens_qwen3_multimodal import ENDOFTEXT_ID, IM_END_ID
+
 QWEN3_COMMON = {
     "vocab_size": 151936,
     "hidden_act": "silu",
     "rms_norm_eps": 1e-6,
     "attention_bias": False,
     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
-    "bos_token_id": 151643,
-    "eos_token_id": 151645,
+    "bos_token_id": ENDOFTEXT_ID,
+    "eos_token_id": IM_END_ID,
     "max_window_layers": 28,
     "use_sliding_window": False,
     "sliding_window": None,

@@ -54,6 +54,7 @@ VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 AUDIO_START, AUDIO_END = "<|audio_start|>", "<|audio_end|>"
 
 ENDOFTEXT_ID = _ID["<|endoftext|>"]  # Qwen3's bos/pad id
+IM_START_ID = _ID["<|im_start|>"]
 IM_END_ID = _ID["<|im_end|>"]  # the end of every chat turn: Qwen3's eos
 IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, AUDIO_TOKEN_ID = _ID[IMAGE_TOKEN], _ID[VIDEO_TOKEN], _ID[AUDIO_TOKEN]
 VISION_START_ID, VISION_END_ID = _ID[VISION_START], _ID[VISION_END]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..remote.tokens_qwen3_multimodal import ENDOFTEXT_ID
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -34,7 +35,7 @@ ROLES = ("system", "user", "assistant", "tool")
 MEDIA_PARTS = {"image": "image", "image_url": "image", "video": "video", "audio": "audio", "input_audio": "audio"}
 TEXT_PARTS = ("text",)
 _SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*:")
-PAD_FALLBACK = 151643  # <|endoftext|>, Qwen3's pad token
+PAD_FALLBACK = ENDOFTEXT_ID  # <|endoftext|>, Qwen3's pad token
 MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
