@@ -266,18 +266,20 @@ def test_bad_input_is_reported(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "x").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(FileExistsError, match="--force"):
         make_dataset(tmp_path / "full", 1, 1, 1)
-    assert _synthetic_cli([str(tmp_path / "full"), "--n-train", "1"], monkeypatch) == 2
+    # --force replaces only a data set this command wrote: the user's file stays, with one line on stderr
+    assert _synthetic_cli([str(tmp_path / "full"), "--n-train", "1", "--force"], monkeypatch) == 2
     err = capsys.readouterr().err
-    assert err.startswith("transformers-qwen3 demo: error:") and "overwrite" in err and err.count("\n") == 1, err
+    assert err.startswith("transformers-qwen3 demo: error:") and "keep.txt" in err and err.count("\n") == 1, err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temporary folders left behind
+    (tmp_path / "full" / "keep.txt").unlink()
+    make_dataset(tmp_path / "full", 1, 1, 1)  # an empty folder needs no --force
     assert (
         _synthetic_cli(
-            [str(tmp_path / "full"), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--overwrite"], monkeypatch
+            [str(tmp_path / "full"), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--force"], monkeypatch
         )
         == 0
     )
-    assert not (tmp_path / "full" / "keep.txt").exists()
     assert len((tmp_path / "full" / "train.jsonl").read_text().splitlines()) == 2

@@ -74,7 +74,7 @@ def write_questions(folder: Path, n_per_kind: int = N_PER_KIND) -> tuple[Path, l
     from .data import DATA_SEED
     from .synthetic import make_dataset
 
-    make_dataset(folder, n_train=0, n_val=0, n_test=2 * n_per_kind, seed=DATA_SEED, overwrite=True)
+    make_dataset(folder, n_train=0, n_val=0, n_test=2 * n_per_kind, seed=DATA_SEED, force=True)
     path = folder / "test.jsonl"
     return path, [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 

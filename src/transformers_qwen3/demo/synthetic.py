@@ -32,8 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,8 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageDraw
 
-from ..errors import OutputError, UserError
+from ..errors import UserError
+from ..outputs import atomic_folder
 
 __all__ = [
     "ANSWERS",
@@ -474,6 +473,25 @@ def _write_split(root: Path, samples: SyntheticSplit) -> None:
     (root / SPLIT_FILES[samples.split]).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
+# what make_dataset writes: --force replaces a folder holding only these
+DATASET_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "dataset_info.json", "images", "audio")
+
+
+def _info(seed: int, counts: dict, options: dict) -> dict:
+    return {
+        "format": "transformers-qwen3-synthetic",
+        "format_version": FORMAT_VERSION,
+        "seed": int(seed),
+        "splits": {SPLIT_FILES[s]: int(counts[s]) for s in SPLITS},
+        "kinds": list(options["kinds"]),
+        "image_size": int(options["image_size"]),
+        "image_tasks": list(options["image_tasks"]),
+        "audio_tasks": list(options["audio_tasks"]),
+        "sample_rate": SAMPLE_RATE,
+        "answers": {k: list(v) for k, v in ANSWERS.items()},
+    }
+
+
 def make_dataset(
     out_dir: str | os.PathLike,
     n_train: int,
@@ -485,13 +503,14 @@ def make_dataset(
     image_size: int = 64,
     image_tasks: Sequence[str] = DEFAULT_IMAGE_TASKS,
     audio_tasks: Sequence[str] = DEFAULT_AUDIO_TASKS,
-    overwrite: bool = False,
+    force: bool = False,
 ) -> Path:
     """Write ``train.jsonl``, ``validation.jsonl``, ``test.jsonl``, ``dataset_info.json``, ``images/``, ``audio/``.
 
     Media paths in the records are relative to ``out_dir``. The folder is built next to ``out_dir`` and renamed into
-    place at the end, so an interrupted run never leaves a half-written dataset. The same arguments give
-    byte-identical files.
+    place at the end (:func:`..outputs.atomic_folder`), so an interrupted run never leaves a half-written dataset;
+    ``force`` replaces a folder holding only what this function writes. The same arguments give byte-identical
+    files.
     """
     kinds = tuple(kinds)
     options = dict(kinds=kinds, image_size=image_size, image_tasks=tuple(image_tasks), audio_tasks=tuple(audio_tasks))
@@ -502,34 +521,16 @@ def make_dataset(
     _check_options(seed, kinds, image_size, options["image_tasks"], options["audio_tasks"])
 
     out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise OutputError(f"{out} already exists and is not empty; choose another folder or pass overwrite=True")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    # an empty folder may be filled without --force; --force replaces only a folder of our own files
+    force = force or (out.is_dir() and not out.is_symlink() and not any(out.iterdir()))
+    with atomic_folder(out, force=force, ours=DATASET_FILES) as tmp:
         (tmp / "images").mkdir()
         (tmp / "audio").mkdir()
         for split in SPLITS:
             _write_split(tmp, SyntheticSplit(seed, split, counts[split], **options))
-        info = {
-            "format": "transformers-qwen3-synthetic",
-            "format_version": FORMAT_VERSION,
-            "seed": int(seed),
-            "splits": {SPLIT_FILES[s]: int(counts[s]) for s in SPLITS},
-            "kinds": list(kinds),
-            "image_size": int(image_size),
-            "image_tasks": list(options["image_tasks"]),
-            "audio_tasks": list(options["audio_tasks"]),
-            "sample_rate": SAMPLE_RATE,
-            "answers": {k: list(v) for k, v in ANSWERS.items()},
-        }
-        (tmp / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "dataset_info.json").write_text(
+            json.dumps(_info(seed, counts, options), indent=2) + "\n", encoding="utf-8"
+        )
     return out
 
 
@@ -550,7 +551,7 @@ def _csv(allowed: Sequence[str]):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="output folder (created; must be empty unless --overwrite)")
+    parser.add_argument("out", type=Path, help="output folder (created; must be empty unless --force)")
     parser.add_argument("--n-train", type=int, default=2000, help="training samples (default 2000)")
     parser.add_argument("--n-val", type=int, default=200, help="validation samples (default 200)")
     parser.add_argument("--n-test", type=int, default=200, help="test samples (default 200)")
@@ -563,7 +564,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--audio-tasks", type=_csv(AUDIO_TASKS), default=DEFAULT_AUDIO_TASKS, help=f"from {','.join(AUDIO_TASKS)}"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--force", action="store_true", help="replace an existing data set written by this command")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -577,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         image_tasks=args.image_tasks,
         audio_tasks=args.audio_tasks,
-        overwrite=args.overwrite,
+        force=args.force,
     )
     print(f"wrote {args.n_train} train, {args.n_val} validation, {args.n_test} test samples to {out}")
     return 0
