@@ -16,6 +16,23 @@ from transformers_qwen3.cli import main
 from transformers_qwen3.outputs import atomic_file, atomic_folder, clean_stale_temps
 
 CLI = [sys.executable, "-m", "transformers_qwen3.cli"]
+# The CLI with init's shard writer held for a minute after the first shard is on disk: a signal sent then lands
+# mid-write for certain (writing a whole 0.6B model can take a fraction of a second, too short to hit by polling).
+CLI_SLOW_WRITE = [
+    sys.executable,
+    "-c",
+    """
+import sys, time
+from transformers_qwen3.checkpoint import build
+from transformers_qwen3.cli import main
+real = build.save_file
+def held(*args, **kwargs):
+    real(*args, **kwargs)
+    time.sleep(60)
+build.save_file = held
+sys.exit(main(sys.argv[1:]))
+""",
+]
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +170,10 @@ def test_stale_temporaries_of_a_dead_writer_are_removed_and_live_ones_kept(tmp_p
 
 
 def test_init_killed_mid_write_is_cleaned_by_the_next_run(tmp_path):
-    """A real kill -9 during `init` of a 0.6B-shape model, then another `init` into the same folder."""
-    proc = subprocess.Popen([*CLI, "init", "big", "--preset", "0.6b"], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    """A real kill -9 during `init`'s shard writing, then another `init` into the same folder."""
+    proc = subprocess.Popen(
+        [*CLI_SLOW_WRITE, "init", "big", "--preset", "tiny"], cwd=tmp_path, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     temps = []
     try:
@@ -186,10 +205,15 @@ def test_convert_removes_what_a_killed_conversion_left(tiny, tmp_path, capsys):
 
 
 def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path):
-    proc = subprocess.Popen([*CLI, "init", "big", "--preset", "0.6b"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI_SLOW_WRITE, "init", "big", "--preset", "tiny"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(".big.*.tmp")):
+    written = []
+    while time.monotonic() < deadline and proc.poll() is None and not written:
+        written = [p for p in tmp_path.glob(".big.*.tmp/*.safetensors")]
         time.sleep(0.2)
+    assert written and proc.poll() is None, "init never reached its shard writer"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
