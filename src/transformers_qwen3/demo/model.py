@@ -8,7 +8,7 @@ Shape: the real Qwen3 tokenizer (vocabulary 151,936), a 4-layer decoder of width
 Qwen3-VL vision tower and a 2-layer Qwen3-Omni audio tower with narrow convolutions. Every text weight row is a
 multiple of 256 wide, so llama.cpp's K-quants are real K-quants (narrower rows make llama.cpp substitute other types).
 
-How the weights ship (option b of issue 5; docs/demo.md says why): the embedding table (tied with the output head,
+How the weights ship (docs/demo.md says why): the embedding table (tied with the output head,
 38.9 M of the 44.6 M parameters) is *frozen* at a seeded initialisation computed with exact arithmetic
 (:func:`frozen_embedding`), so only the rest — decoder layers, final norm, both towers — is trained and committed
 as package data (``weights/demo-trained.safetensors``, bf16, a few MB). :func:`demo_checkpoint` puts the two
