@@ -206,7 +206,12 @@ def test_convert_removes_what_a_killed_conversion_left(tiny, tmp_path, capsys):
 
 def test_ctrl_c_is_one_line_and_leaves_nothing(tmp_path):
     proc = subprocess.Popen(
-        [*CLI_SLOW_WRITE, "init", "big", "--preset", "tiny"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        [*CLI_SLOW_WRITE, "init", "big", "--preset", "tiny"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as in a terminal: pytest-xdist's workers ignore SIGINT, and an ignored signal is inherited
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     written = []
