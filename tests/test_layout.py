@@ -28,6 +28,7 @@ MAY_IMPORT = {
     "runtime": {"remote", "checkpoint", "formats", "convert"} | FOUNDATION,
     "export": {"remote", "checkpoint", "formats", "convert", "runtime"} | FOUNDATION,
     "demo": {"remote", "checkpoint", "formats", "convert", "runtime", "training", "inference", "export"} | FOUNDATION,
+    "compress": {"remote", "checkpoint", "formats", "convert", "runtime"} | FOUNDATION,
     # the package root registers the remote classes and exposes the Pipeline; the CLI names verbs by string
     "__init__": {"remote", "inference"},
     "cli": {"remote"} | FOUNDATION,
