@@ -77,15 +77,9 @@ for arg in "$@"; do
     esac
 done
 
-upstream_value() {
-    local v
-    v="$(sed -n "s/^$1=//p" "$here/UPSTREAM")"
-    [ -n "$v" ] || die "$here/UPSTREAM has no $1= line"
-    echo "$v"
-}
+# upstream_value, sdist_fetch, sdist_extract (shared with build_tree.sh)
+source "$here/sdist.sh"
 version="$(upstream_value LLAMA_CPP_PYTHON_VERSION)"
-sdist_name="$(upstream_value LLAMA_CPP_PYTHON_SDIST)"
-sdist_sha256="$(upstream_value LLAMA_CPP_PYTHON_SDIST_SHA256)"
 llama_commit="$(upstream_value LLAMA_CPP_COMMIT)"
 
 shopt -s nullglob
@@ -160,28 +154,13 @@ if [ -n "$wheel" ]; then
     say "using cached wheel $wheel"
 else
     # --- sdist ---------------------------------------------------------------------------------
-    sdist="$cache_root/sdist/$sdist_name"
-    if [ ! -f "$sdist" ]; then
-        say "downloading llama-cpp-python==$version sdist from PyPI"
-        dl="$(mktemp -d "$cache_root/sdist/.download.XXXXXX")"
-        "$py" -m pip download --no-binary :all: --no-deps -d "$dl" "llama-cpp-python==$version" >"$dl/pip.log" 2>&1 ||
-            { cat "$dl/pip.log" >&2; rm -rf "$dl"; die "pip download of llama-cpp-python==$version failed (see above)"; }
-        [ -f "$dl/$sdist_name" ] || { ls "$dl" >&2; rm -rf "$dl"; die "pip download did not produce $sdist_name"; }
-        mv "$dl/$sdist_name" "$sdist"
-        rm -rf "$dl"
-    fi
-    got_sha256="$(sha256sum "$sdist" | cut -d' ' -f1)"
-    if [ "$got_sha256" != "$sdist_sha256" ]; then
-        die "$sdist has sha256 $got_sha256, UPSTREAM records $sdist_sha256; delete the file to download it again, or update UPSTREAM and the patches together"
-    fi
+    sdist_fetch "$py" "$cache_root"
 
     # --- extract, patch, label ---------------------------------------------------------------
     work="$(mktemp -d "${TMPDIR:-/tmp}/llama-cpp-python-build.XXXXXX")"
     trap 'rm -rf "$work"' EXIT
-    say "extracting $sdist_name"
-    tar -xzf "$sdist" -C "$work"
-    src="$work/${sdist_name%.tar.gz}"
-    [ -d "$src/vendor/llama.cpp" ] || die "$sdist_name has no vendor/llama.cpp"
+    sdist_extract "$work"
+    src="$sdist_src"
     bash "$here/apply.sh" "$src"
 
     init="$src/llama_cpp/__init__.py"
