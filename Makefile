@@ -11,6 +11,8 @@ CONSTRAINTS := ci/constraints.txt
 include ci/floor.mk
 # the patched llama-cpp-python (ggml_patches/), built once per patch set and CPU, cached as a wheel
 include ggml_patches/build.mk
+# llama.cpp's rpc-server and llama-server with -DGGML_RPC=ON (`make llama-rpc`), for the serving tests
+-include ggml_patches/rpc.mk
 -include ggml_patches/cuda.mk
 # The transformers release the whole suite runs on: the newest one in pyproject's range that passed.
 TRANSFORMERS_TESTED := $(shell sed -n 's/^transformers==\([0-9.]*\).*/\1/p' $(CONSTRAINTS))

@@ -29,6 +29,7 @@ VERBS = {
     ),
     "export": ("transformers_qwen3.export.publish", "write a Hub-ready repository (card, licence, GGUF)"),
     "demo": ("transformers_qwen3.demo.cli", "the demo model: run, build, eval, train, retrain, synthetic data"),
+    "serve": ("transformers_qwen3.serve.cli", "an OpenAI-compatible server for a model: llama.cpp, RPC or vLLM"),
 }
 
 
