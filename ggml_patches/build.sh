@@ -7,7 +7,9 @@
 #   ggml_patches/build.sh cuda    [VENV_PYTHON]   + the CUDA arguments of ggml_patches/cuda/cuda_args.sh
 #                                                 (nvcc, one architecture, FA off, cuBLAS headers)
 #   ggml_patches/build.sh metal   [VENV_PYTHON]   + -DGGML_METAL=ON; macOS only (see docs/backends.md)
-#   ggml_patches/build.sh riscv64 [ARGS...]       ggml_patches/riscv64/build.sh (cross build + qemu)
+#   ggml_patches/build.sh riscv64 {rvv,scalar} [PYTHON]
+#                                                 ggml_patches/riscv64/build.sh: llama.cpp's programs
+#                                                 cross-built for riscv64 (vector or scalar reference)
 #   ggml_patches/build.sh TARGET --print-key      the wheel's cache key
 #
 # cuda and metal without VENV_PYTHON build the wheel with a throwaway venv under the cache (so a CUDA
@@ -34,7 +36,8 @@ target="$1"
 shift
 
 if [ "$target" = riscv64 ]; then
-    # the RISC-V cross builds and their qemu checks live beside this script, in riscv64/
+    # the RISC-V cross builds live beside this script, in riscv64/ (the wheel is built natively on a board:
+    # `build.sh cpu` there, see docs/backends.md)
     [ -f "$here/riscv64/build.sh" ] || die "ggml_patches/riscv64/build.sh is missing (the RISC-V scripts)"
     exec bash "$here/riscv64/build.sh" "$@"
 fi
