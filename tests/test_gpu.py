@@ -202,7 +202,6 @@ def media_run(gguf: Path, mmproj: Path, on_gpu: bool) -> dict:
 def tiny_mm_ggufs(tmp_path_factory) -> dict:
     """tiny-mm (random weights, vision + audio towers) converted by our converter, per type: (text, mmproj)."""
     from helpers.convert_fixtures import checkpoint
-
     from transformers_qwen3.convert import convert_checkpoint
 
     root = tmp_path_factory.mktemp("gpu-ggufs")
