@@ -33,6 +33,8 @@ MAY_IMPORT = {
     # the package root registers the remote classes and exposes the Pipeline; the CLI names verbs by string
     "__init__": {"remote", "inference"},
     "cli": {"remote"} | FOUNDATION,
+    # the vLLM plugin: our checkpoint key names and the processor's token-count helper (docs/vllm.md)
+    "vllm_plugin": {"remote", "formats"} | FOUNDATION,
 }
 
 
