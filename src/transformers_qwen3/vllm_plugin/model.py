@@ -252,8 +252,9 @@ class Qwen3MultimodalForConditionalGeneration(Qwen3VLForConditionalGeneration):
         return self._get_mrope_input_positions(input_tokens=input_tokens, mm_features=visual, config=self.config)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        skip = ["audio_tower."] if self.audio_tower is None else None
-        return AutoWeightsLoader(self, skip_prefixes=skip).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        ignore = ["audio_tower."] if self.audio_tower is None else None
+        loader = AutoWeightsLoader(self, ignore_unexpected_prefixes=ignore)
+        return loader.load_weights(weights, mapper=self.hf_to_vllm_mapper)
 
 
 __all__ = ["Qwen3MultimodalForConditionalGeneration"]
