@@ -63,3 +63,16 @@ def test_serve_prints_its_url_binds_loopback_and_stops_on_ctrl_c(demo_files, tmp
             assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is still open after Ctrl-C"
     finally:
         stop(proc)
+
+
+def test_a_hub_folder_is_converted_once_and_cached(demo_files, tmp_path):
+    from transformers_qwen3.serve.model_files import converted, gguf_pair
+
+    folder, text, mmproj, _ = demo_files
+    first = converted(folder, "f16", cache=tmp_path, progress=False)
+    pair = gguf_pair(first)
+    # the same converter as the demo's cached GGUFs: the same bytes
+    assert pair[0].read_bytes() == text.read_bytes() and pair[1].read_bytes() == mmproj.read_bytes()
+    stamp = pair[0].stat().st_mtime_ns
+    assert converted(folder, "f16", cache=tmp_path, progress=False) == first and pair[0].stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name], "a temporary folder was left behind"

@@ -85,10 +85,17 @@ class Qwen3ChatHandler:
             return text
         return self.model.media_prompt(text, conversation.kinds)
 
+    def check(self, conversation: Conversation, template_kwargs: dict | None = None) -> None:
+        """Raise :class:`BadRequest` for a request this model cannot take (before it is queued for the model)."""
+        if conversation.media and self.model.ctx is None:
+            raise BadRequest("this server's model has no mmproj: it reads text only", param="messages")
+        self.prompt(conversation, template_kwargs)
+
     def evaluate(self, conversation: Conversation, template_kwargs: dict | None = None) -> list[int]:
         """Evaluate the prompt into the model's context; returns token ids standing for its positions (text tokens,
         then one media pad per media position; they only feed llama-cpp-python's bookkeeping and prefix check)."""
         model, llm = self.model, self.model.llm
+        self.check(conversation, template_kwargs)
         prompt = self.prompt(conversation, template_kwargs)
         if model.ctx is not None:  # an mmproj: every prompt goes through mtmd, with or without media
             bitmaps = [

@@ -93,9 +93,12 @@ def serve_llama_cpp(gguf: Path, mmproj: Path | None, name: str, args: argparse.N
     print(f"serving {name} ({gguf.name}{' + ' + mmproj.name if mmproj else ''}) with llama-cpp-python", flush=True)
     print(f"OpenAI API: http://{args.host}:{args.port}/v1  (model name: {name}; Ctrl-C stops)", flush=True)
     try:
-        server.run()  # uvicorn handles SIGINT/SIGTERM: stops accepting, finishes, returns
+        server.run()  # uvicorn handles SIGINT/SIGTERM: stops accepting, finishes the requests under way
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it caught once it has shut down
+        pass
     finally:
         model.close()
+    print(f"stopped serving {name}", flush=True)
     return 0
 
 

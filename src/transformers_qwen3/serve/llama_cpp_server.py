@@ -55,8 +55,10 @@ def _error_body(message: str, code: str, param: str | None = None) -> bytes:
 class CheckRequests:
     """Pure ASGI middleware (so context variables set here reach the endpoint): see the module docstring."""
 
-    def __init__(self, app, name: str, api_key: str | None):
-        self.app, self.name, self.api_key = app, name, api_key
+    def __init__(self, app, name: str, api_key: str | None, check=None):
+        """``check(conversation, template_kwargs)``: raises BadRequest for what only the model side knows (our
+        template's refusals, media sent to a model without an mmproj)."""
+        self.app, self.name, self.api_key, self.check = app, name, api_key, check
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in MODEL_PATHS:
@@ -87,6 +89,8 @@ class CheckRequests:
                 template_kwargs = request.get("chat_template_kwargs") or {}
                 if not isinstance(template_kwargs, dict):
                     raise BadRequest("'chat_template_kwargs' must be an object", param="chat_template_kwargs")
+                if self.check is not None:
+                    self.check(conversation, template_kwargs)
             except BadRequest as e:
                 return await _reply(send, e.status, _error_body(str(e), e.code, e.param))
             token = CURRENT.set({"conversation": conversation, "template_kwargs": template_kwargs})
@@ -153,12 +157,12 @@ def build_app(
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     model = LlamaCppModel(gguf, mmproj, n_threads=n_threads, n_ctx=n_ctx)
-    model.llm.chat_handler = Qwen3ChatHandler(model)
+    handler = model.llm.chat_handler = Qwen3ChatHandler(model)
     # llama-cpp-python reports the model name it was given; the `model` field of a response is ours
     server = ServerSettings(host=host, port=port, api_key=api_key)
     vocab = ModelSettings(model=str(gguf), model_alias=name, vocab_only=True, verbose=False)
     app = server_app.create_app(server_settings=server, model_settings=[vocab])
     server_app._llama_proxy.free()
     server_app._llama_proxy = OneModel(name, model.llm)
-    app.add_middleware(CheckRequests, name=name, api_key=api_key)
+    app.add_middleware(CheckRequests, name=name, api_key=api_key, check=handler.check)
     return app, model
