@@ -35,7 +35,7 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")  # module scope: before the module fixtures that load models
 def _device():
     if CUDA == "cuda" and not torch.cuda.is_available():
         if REQUIRE_GPU:
