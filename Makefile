@@ -14,6 +14,8 @@ include ggml_patches/build.mk
 # llama.cpp's rpc-server and llama-server with -DGGML_RPC=ON (`make llama-rpc`), for the serving tests
 -include ggml_patches/rpc.mk
 -include ggml_patches/cuda.mk
+# `make test-riscv`: the riscv64 (RVV) cross builds and their checks under qemu
+-include ggml_patches/riscv64.mk
 # the vLLM plugin's tests in their own cached venv (.venv-vllm): `make test-vllm` (docs/vllm.md)
 -include ci/vllm.mk
 # The transformers release the whole suite runs on: the newest one in pyproject's range that passed.

@@ -1,0 +1,52 @@
+"""Running the riscv64 builds under qemu-user, for the checks in this folder.
+
+``qemu-riscv64 -cpu rv64,v=true,vlen=N,vext_spec=v1.0`` emulates a RISC-V CPU with the ratified vector extension
+(RVV 1.0) and vector registers of N bits; ggml's RVV kernels pick their code path from the VLEN they read at run
+time, so the checks run at 128 and 256. The programs are linked statically (ggml_patches/riscv64/toolchain.cmake),
+so qemu needs no sysroot (-L)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SH = REPO / "ggml_patches" / "riscv64" / "build.sh"
+THREADS = 2
+
+
+def build(flavour: str) -> Path:
+    """The bin/ folder of ``build.sh flavour`` (rvv or scalar): built once, then reused from the cache."""
+    proc = subprocess.run(["bash", str(BUILD_SH), flavour, sys.executable], capture_output=True, text=True)
+    assert proc.returncode == 0, f"{BUILD_SH} {flavour} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    bin_dir = Path(proc.stdout.strip().splitlines()[-1]) / "bin"
+    assert bin_dir.is_dir(), f"{BUILD_SH} {flavour} printed {bin_dir}, which is not a folder"
+    return bin_dir
+
+
+def cpu(vlen: int | None) -> str:
+    """qemu's -cpu value: RVV 1.0 with ``vlen``-bit vector registers, or (None) a plain rv64gc without V."""
+    return "rv64" if vlen is None else f"rv64,v=true,vlen={vlen},vext_spec=v1.0"
+
+
+def run(
+    bin_dir: Path, program: str, *args, vlen: int | None = 128, timeout: int = 1800
+) -> subprocess.CompletedProcess:
+    """``program`` from ``bin_dir`` under qemu-riscv64 (stdout and stderr captured as text)."""
+    cmd = ["qemu-riscv64", "-cpu", cpu(vlen), str(bin_dir / program), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+
+
+def explain(proc: subprocess.CompletedProcess, tail: int = 3000) -> str:
+    """The command, its exit status and the end of its output, for an assertion message."""
+    cmd = " ".join(map(str, proc.args))
+    return f"{cmd}\nexit {proc.returncode}\n--- stdout\n{proc.stdout[-tail:]}\n--- stderr\n{proc.stderr[-tail:]}"
+
+
+def cpu_features(output: str) -> dict[str, str]:
+    """The CPU backend's features from llama.cpp's system-info line
+    (``system_info: n_threads = 2 ... | CPU : RISCV_V = 1 | RVV_VLEN = 16 | ...``); {} when there is none."""
+    line = next((ln for ln in output.splitlines() if "system_info:" in ln and "CPU :" in ln), "")
+    return dict(re.findall(r"(\w+) = (\w+)", line.split("CPU :", 1)[1])) if line else {}
