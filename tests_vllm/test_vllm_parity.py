@@ -85,7 +85,10 @@ class Oracle:
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
     def prompt(self, kind: str) -> str:
-        return self.processor.tokenizer.apply_chat_template(messages(kind), add_generation_prompt=True, tokenize=False)
+        # enable_thinking=False: the empty think block the demo model was trained after (demo/run.py)
+        return self.processor.tokenizer.apply_chat_template(
+            messages(kind), add_generation_prompt=True, enable_thinking=False, tokenize=False
+        )
 
     def generate(self, kind: str, image, clip) -> tuple[list[int], list[int]]:
         inputs = self.processor(
@@ -177,7 +180,9 @@ def test_demo_model_answers_its_task_through_vllm(demo):
     for index, kind in ((0, "image"), (1, "audio")):
         sample = make_sample(0, "test", index, kinds=(kind,))
         chat = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": sample.question}]}]
-        prompt = oracle.processor.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        prompt = oracle.processor.tokenizer.apply_chat_template(
+            chat, add_generation_prompt=True, enable_thinking=False, tokenize=False
+        )
         image, clip = (sample.media, None) if kind == "image" else (None, np.asarray(sample.media, np.float32))
         _, tokens = vllm_generate(llm, prompt, kind, image, clip)
         answer = oracle.processor.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -194,6 +199,22 @@ def test_a_batch_of_mixed_prompts_equals_one_by_one(tiny):
     requests = []
     for kind in KINDS:
         data = {k: v for k, v in (("image", image), ("audio", (clip, SAMPLE_RATE))) if k in kind}
-        requests.append({"prompt": oracle.prompt(kind), "multi_modal_data": data} if data else {"prompt": oracle.prompt(kind)})
+        requests.append(
+            {"prompt": oracle.prompt(kind), "multi_modal_data": data} if data else {"prompt": oracle.prompt(kind)}
+        )
     batch = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)
     assert [list(out.outputs[0].token_ids) for out in batch] == alone
+
+
+def test_inline_media_tags_in_a_prompt_stay_text(tiny, tmp_path, monkeypatch):
+    """vLLM takes media only as multi_modal_data: a tag a client typed is text, never a file read on the server."""
+    oracle, llm = tiny
+    media(2)[0].save(tmp_path / "photo.png")
+    monkeypatch.setenv("QWEN3_MM_ALLOWED_ROOTS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    text = "<|im_start|>user\nWhat is in <image>photo.png</image>?<|im_end|>\n<|im_start|>assistant\n"
+    tokenizer = oracle.processor.tokenizer
+    plain = tokenizer(text, media_tags=False)["input_ids"]
+    assert len(tokenizer(text)["input_ids"]) > len(plain)  # our tokenizer alone reads the picture: the tag is live
+    got_prompt, _ = vllm_generate(llm, text, "text", None, None)
+    assert got_prompt == plain

@@ -59,6 +59,14 @@ DUMMY_AUDIO_SECONDS = 30
 
 
 class Qwen3MultimodalProcessingInfo(BaseProcessingInfo):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        # vLLM tokenizes prompts itself and takes media only as multi_modal_data: inline <image>SRC</image> tags in a
+        # prompt stay plain text, as any other text a client sends (our tokenizer would read them from the server's
+        # disk). The tokenizer is vLLM's cached one, which its renderer shares.
+        if hasattr(type(ctx.tokenizer), "media_tags"):
+            ctx.tokenizer.media_tags = False
+
     def get_hf_processor(self, **kwargs: object):
         return self.ctx.get_hf_processor(**kwargs)  # AutoProcessor: our Qwen3MultimodalProcessor
 
@@ -164,14 +172,18 @@ class Qwen3MultimodalMultiModalProcessor(BaseMultiModalProcessor[Qwen3Multimodal
                 grid = out_mm_kwargs["image"][i]["image_grid_thw"].data
                 return [config.image_token_id] * (int(grid.prod()) // merge)
 
-            updates.append(PromptReplacement(modality="image", target=[config.image_token_id], replacement=image_tokens))
+            updates.append(
+                PromptReplacement(modality="image", target=[config.image_token_id], replacement=image_tokens)
+            )
         if config.audio_config is not None:
 
             def audio_tokens(i: int) -> list[int]:
                 frames = int(out_mm_kwargs["audio"][i]["audio_feature_lengths"].data)
                 return [config.audio_token_id] * self.info.audio_tokens(frames)
 
-            updates.append(PromptReplacement(modality="audio", target=[config.audio_token_id], replacement=audio_tokens))
+            updates.append(
+                PromptReplacement(modality="audio", target=[config.audio_token_id], replacement=audio_tokens)
+            )
         return updates
 
 
@@ -187,6 +199,10 @@ class Qwen3MultimodalMultiModalProcessor(BaseMultiModalProcessor[Qwen3Multimodal
 )
 class Qwen3MultimodalForConditionalGeneration(Qwen3VLForConditionalGeneration):
     """vLLM's Qwen3-VL (decoder, vision tower, deepstack, M-RoPE) plus vLLM's Qwen3-Omni audio encoder."""
+
+    # Our processor rescales and normalises the pixels itself, as for transformers (vLLM's Qwen3-VL moves that step
+    # onto the device and asks its processor not to)
+    supports_mm_device_do_normalize = False
 
     # Our checkpoint names (formats/keys.py) → the modules of this class. Applied in order, each at most once.
     hf_to_vllm_mapper = WeightsMapper(
