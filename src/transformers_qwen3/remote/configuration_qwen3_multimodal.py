@@ -50,16 +50,50 @@ from .tokens_qwen3_multimodal import (  # noqa: E402
 )
 
 
+def _check_widths(value):
+    """``intermediate_size``: one FFN width for every layer (Qwen3's int), or one per layer (a compressed model)."""
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        raise TypeError(f"intermediate_size must be an int or a list of ints, got {type(value).__name__}")
+    widths = value if isinstance(value, list) else [value]
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"intermediate_size must hold positive ints, got {value!r}")
+
+
 class Qwen3MultimodalTextConfig(Qwen3Config):
     """The decoder: Qwen3's fields and semantics (sliding window, layer_types, YaRN ...) unchanged.
 
-    Differs from ``Qwen3Config`` only in its ``model_type`` (so a nested config never resolves to the native class)
-    and in accepting Qwen3-VL's M-RoPE keys inside ``rope_parameters``.
+    Differs from ``Qwen3Config`` in its ``model_type`` (so a nested config never resolves to the native class), in
+    accepting Qwen3-VL's M-RoPE keys inside ``rope_parameters``, and in two things a compressed model (issue 11,
+    docs/compression.md) needs, both absent from a plain config so that it serializes exactly as Qwen3's:
+
+    - ``intermediate_size`` may be a list, one FFN width per decoder layer (the layer's neurons are ordered by
+      importance, so a narrower layer kept the most important ones). transformers 5.24's ``per_layer_config`` would
+      say the same, but our floor (5.19) has no such mechanism and 5.24 has it for configs only, not for modeling.
+    - ``skipped_layers``: the original indices of the decoder layers a compressed model dropped. Provenance only:
+      the layers kept are renumbered from 0 and ``num_hidden_layers`` / ``layer_types`` describe them, so every
+      runtime (llama.cpp included) sees an ordinary shallower model.
     """
 
     model_type = "qwen3_multimodal_text"
     base_config_key = "text_config"
     ignore_keys_at_rope_validation = {"mrope_section", "mrope_interleaved"}
+    intermediate_size: int | list[int] = 22016
+    if hasattr(Qwen3Config, "__validators__"):
+        # a huggingface_hub strict dataclass: its per-field type validators are a class attribute, read per instance
+        __validators__ = {**Qwen3Config.__validators__, "intermediate_size": [_check_widths]}
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _check_widths(self.intermediate_size)
+        if isinstance(self.intermediate_size, list) and len(self.intermediate_size) != self.num_hidden_layers:
+            raise ValueError(
+                f"intermediate_size lists {len(self.intermediate_size)} widths for {self.num_hidden_layers} layers"
+            )
+
+    def ffn_width(self, layer_idx: int) -> int:
+        """The FFN width of decoder layer ``layer_idx``."""
+        widths = self.intermediate_size
+        return widths if isinstance(widths, int) else widths[layer_idx]
 
 
 # Sub-config classes; the towers may be None (a text-only model).

@@ -19,6 +19,8 @@ How it is built, and where it differs from the models it is made of:
   ``get_audio_features`` returning Qwen3-VL's and Qwen3-Omni's output types.
 - Differs from Qwen3-VL in structure: the base model runs the decoder itself (no ``language_model`` submodule, so
   the keys stay Qwen3's), hence ``use_cache`` and the decoder's parallelism plans sit on the composite config.
+- Per-layer FFN widths: ``text_config.intermediate_size`` may list one width per layer (a compressed model,
+  issue 11); each layer is still transformers' ``Qwen3DecoderLayer``, its MLP built at that width.
 - Compile: the text path (text-only prefill, and every decoding step, which is what ``generate()`` compiles) traces
   as one graph; the media path (a prefill with images/video/audio) does not, and ``generate()`` never compiles it.
 
@@ -33,6 +35,7 @@ This file ships to the Hub as remote code: it imports only the standard library,
 sibling configuration file.
 """
 
+import copy
 import functools
 import inspect
 import itertools
@@ -183,6 +186,19 @@ class Qwen3MultimodalPreTrainedModel(PreTrainedModel):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _decoder_layer(text_config, layer_idx: int) -> Qwen3DecoderLayer:
+    """transformers' Qwen3DecoderLayer; with per-layer FFN widths (a compressed model), its MLP is built from a
+    copy of the config holding this layer's width. The attention keeps the shared config: it reads the attention
+    implementation from it at run time, and ``set_attn_implementation`` changes only the shared one."""
+    if isinstance(text_config.intermediate_size, int):
+        return Qwen3DecoderLayer(text_config, layer_idx)
+    layer_config = copy.copy(text_config)
+    layer_config.intermediate_size = text_config.intermediate_size[layer_idx]
+    layer = Qwen3DecoderLayer(layer_config, layer_idx)
+    layer.self_attn.config = text_config
+    return layer
+
+
 class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
     """Embeddings + optional towers + the Qwen3 decoder stack. Returns the final normed hidden states."""
 
@@ -198,7 +214,7 @@ class Qwen3MultimodalModel(Qwen3MultimodalPreTrainedModel):
 
         self.embed_tokens = nn.Embedding(text_config.vocab_size, text_config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(
-            [Qwen3DecoderLayer(text_config, layer_idx) for layer_idx in range(text_config.num_hidden_layers)]
+            [_decoder_layer(text_config, layer_idx) for layer_idx in range(text_config.num_hidden_layers)]
         )
         self.norm = Qwen3RMSNorm(text_config.hidden_size, eps=text_config.rms_norm_eps)
         self.rotary_emb = Qwen3MultimodalRotaryEmbedding(config=text_config)
