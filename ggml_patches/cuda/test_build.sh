@@ -35,9 +35,34 @@ CUDA_OBJ_DIR=ggml/src/ggml-cuda/CMakeFiles/ggml-cuda.dir
 
 summary() { echo "test-cuda-build: $*"; }
 
+# libllama builds src/models/*.cpp as unity batches (UNITY_BUILD_BATCH_SIZE 16 in src/CMakeLists.txt, the
+# files in file(GLOB)'s sorted order): a model file's object is the batch that holds it. The sorted list comes
+# from the sdist plus the files the patches add.
+model_sources() {
+    # shellcheck source=../sdist.sh
+    here="$patches_dir" source "$patches_dir/sdist.sh"
+    here="$patches_dir" sdist_fetch "${PYTHON:-$(command -v python3)}" "${XDG_CACHE_HOME:-$HOME/.cache}/transformers-qwen3" >&2
+    {
+        tar -tzf "$sdist" | sed -n 's|^[^/]*/vendor/llama.cpp/\(src/models/[^/]*\.cpp\)$|\1|p'
+        printf '%s\n' "${touched[@]}" | grep '^src/models/[^/]*\.cpp$' || true
+    } | LC_ALL=C sort -u
+}
+say() { echo "test-cuda-build: $*" >&2; }
+die() {
+    echo "test-cuda-build: FAILED: $*"
+    exit 1
+}
+
 # the object file (a Ninja target) of a source file of the llama.cpp tree
 object_of() {
     case "$1" in
+        src/models/*.cpp)
+            [ -n "${models_sorted:-}" ] || models_sorted="$(model_sources)"
+            local i
+            i="$(grep -nx -F "$1" <<<"$models_sorted" | cut -d: -f1)"
+            [ -n "$i" ] || return 1
+            echo "src/CMakeFiles/llama.dir/Unity/unity_$(((i - 1) / 16))_cxx.cxx.o"
+            ;;
         src/*.cpp) echo "src/CMakeFiles/llama.dir/${1#src/}.o" ;;
         common/*.cpp) echo "common/CMakeFiles/llama-common.dir/${1#common/}.o" ;;
         tools/mtmd/*.cpp) echo "tools/mtmd/CMakeFiles/mtmd.dir/${1#tools/mtmd/}.o" ;;
@@ -48,15 +73,17 @@ object_of() {
     esac
 }
 
+mapfile -t touched < <(find "$patches_dir" -name '*.patch' -type f -print0 | xargs -0 sed -n 's|^+++ b/||p' | sed 's/[[:space:]].*//' | LC_ALL=C sort -u)
 targets=()
 unknown=()
 skipped=()
-while read -r f; do
+for f in "${touched[@]}"; do
     case "$f" in *.c | *.cpp | *.cu) ;; *) continue ;; esac
     # another CPU architecture's kernels (RISC-V, ARM, ...) are not part of an x86-64 build
     case "$f" in ggml/src/ggml-cpu/arch/x86/*) ;; ggml/src/ggml-cpu/arch/*) skipped+=("$f"); continue ;; esac
+    if [ "${f#src/models/}" != "$f" ] && [ -z "${models_sorted:-}" ]; then models_sorted="$(model_sources)"; fi
     if o="$(object_of "$f")"; then targets+=("$o"); else unknown+=("$f"); fi
-done < <(find "$patches_dir" -name '*.patch' -type f -print0 | xargs -0 sed -n 's|^+++ b/||p' | sed 's/[[:space:]].*//' | LC_ALL=C sort -u)
+done
 if [ ${#unknown[@]} -gt 0 ]; then
     summary "FAILED: no object-file rule for ${unknown[*]} (add one to object_of in $0)"
     exit 1
