@@ -16,9 +16,9 @@
 #
 # Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/transformers-qwen3/
 #   sdist/<sdist file>          the downloaded sdist, checked against UPSTREAM's sha256
-#   wheels/<key>/<wheel>        the built wheel; <key> = sha256 of UPSTREAM, every patch file, the
-#                               CPU's flags line (the build uses -march=native), CMAKE_ARGS, and
-#                               this script's BUILD_RECIPE number
+#   wheels/<key>/<wheel>        the built wheel; <key> = sha256 of UPSTREAM, every *.patch under
+#                               ggml_patches/ (python/ too), the CPU's flags line (the build uses
+#                               -march=native), CMAKE_ARGS, and this script's BUILD_RECIPE number
 #   wheels/<key>/build.log      the full build log
 # The installed package carries the key in llama_cpp/_ggml_patches.py (generated) and in its
 # version, <upstream version>+transformersqwen3.<key[:12]>; when the installed key equals the
@@ -27,7 +27,7 @@ set -euo pipefail
 
 # Bump when the way the wheel is built changes (the generated module, the version label, the CMake
 # options below, ...).
-BUILD_RECIPE=2
+BUILD_RECIPE=3
 
 # Our CMake options, before the user's CMAKE_ARGS. As a subproject of llama-cpp-python, llama.cpp
 # already defaults its tests, examples, tools, server and app to OFF; we say so explicitly so that an
@@ -86,6 +86,13 @@ shopt -s nullglob
 patches=("$here"/[0-9][0-9][0-9][0-9]-*.patch)
 shopt -u nullglob
 [ ${#patches[@]} -gt 0 ] || die "no NNNN-*.patch files in $here"
+# every patch file under this folder, by path (the vendored series above and python/, the series apply.sh applies
+# to llama-cpp-python's own files): all of them go into the key
+mapfile -t all_patches < <(cd "$here" && find . -name '*.patch' -type f | LC_ALL=C sort | sed 's|^\./||')
+python_patches=()
+for p in "${all_patches[@]}"; do
+    case "$p" in python/*) python_patches+=("$p") ;; esac
+done
 
 # The first line describing the CPU's instruction set: x86 'flags', ARM 'Features', RISC-V 'isa';
 # on macOS the sysctl feature lists.
@@ -102,9 +109,9 @@ compute_key() {
         echo "BUILD_RECIPE=$BUILD_RECIPE"
         echo "== UPSTREAM"
         cat "$here/UPSTREAM"
-        for p in "${patches[@]}"; do
-            echo "== $(basename "$p")"
-            cat "$p"
+        for p in "${all_patches[@]}"; do
+            echo "== $p"
+            cat "$here/$p"
         done
         echo "== CPU $(uname -s) $(uname -m)"
         cpu_flags
@@ -177,6 +184,11 @@ else
         echo "PATCHES = ("
         for p in "${patches[@]}"; do
             echo "    \"$(basename "$p")\","
+        done
+        echo ")"
+        echo "PYTHON_PATCHES = ("
+        for p in "${python_patches[@]+"${python_patches[@]}"}"; do
+            echo "    \"$p\","
         done
         echo ")"
         echo "CMAKE_ARGS = \"${CMAKE_ARGS:-}\""
