@@ -1,0 +1,393 @@
+"""Calibration (``transformers-qwen3 calibrate``): one pass of measurements, saved to a file so that planning is
+instant afterwards.
+
+For a set of prompts run through transformers, it records
+
+(a) per weight tensor of the text decoder, the importance matrix llama.cpp's quantizer takes: the mean squared
+    input activation per input column (what ``llama-imatrix`` collects). Saved in the calibration file and, on
+    request, as llama.cpp's own imatrix GGUF (``write_llama_imatrix``) for ``llama-quantize --imatrix``;
+(b) per tensor and candidate ggml type, the mean KL divergence of the output distribution (reference ‖ changed)
+    over the calibration tokens when that tensor alone is replaced by its quantize → dequantize round trip through
+    llama.cpp's quantizer with the importance matrix (``quants.round_trip``);
+(c) per FFN neuron, an importance score (``importance.neuron_scores``); per layer and candidate width, the KL when
+    that layer alone keeps only its most important neurons; per decoder layer, the KL when it alone is skipped.
+
+The file is safetensors (the importance vectors and neuron scores) with a JSON header (``__metadata__``: schema,
+version, the model's hash, the KL tables), read back by ``load``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import UserError
+from ..formats.folder import open_checkpoint
+from ..outputs import atomic_file
+from .importance import decoder_layers, importance_order, neuron_scores
+from .quants import CANDIDATE_TYPES, fits, round_trip
+
+SCHEMA = "transformers-qwen3/calibration"
+VERSION = 1
+# Widths a layer's FFN may be cut to, as fractions of its full width; each is rounded down to a multiple of
+# WIDTH_STEP (256: narrower rows make llama.cpp substitute K-quant types) or, for models narrower than that, of 32.
+WIDTH_FRACTIONS = (0.25, 0.5, 0.75)
+WIDTH_STEP = 256
+
+# A built-in calibration set for text models without --data: varied registers, code, numbers and two languages.
+BUILTIN_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Meanwhile, the committee postponed its decision until spring.",
+    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a by-product.",
+    "Q: What is 17 times 23? A: 17 times 23 is 391, because 17 * 20 = 340 and 17 * 3 = 51.",
+    "Le chat dort sur le canapé pendant que la pluie tombe doucement sur les toits de la ville.",
+    "Dear customer, your order #48213 has shipped and should arrive within three to five business days.",
+    "In 1969, Apollo 11 landed on the Moon; Neil Armstrong and Buzz Aldrin walked on its surface for hours.",
+    "SELECT name, COUNT(*) FROM orders WHERE created_at > '2024-01-01' GROUP BY name ORDER BY 2 DESC;",
+)
+
+
+class CalibrationError(UserError, ValueError):
+    """A calibration file that cannot be used: missing, malformed, a newer schema, or made for another model."""
+
+
+@dataclass
+class Calibration:
+    model_sha256: str
+    shapes: dict[str, list[int]]  # HF weight name -> torch shape [out, in]
+    imatrix: dict[str, torch.Tensor]  # HF weight name -> mean squared input per column, float32 [in]
+    imatrix_tokens: int  # rows averaged (tokens seen by each matrix)
+    tensor_kl: dict[str, dict[str, float]]  # HF weight name -> {type: mean KL}
+    neuron_scores: list[torch.Tensor]  # per layer, float64 [intermediate]
+    width_kl: list[dict[int, float]]  # per layer, {width: mean KL}
+    layer_kl: list[float]  # per layer: mean KL when skipped
+    tokens: int
+    tied_embeddings: bool
+    extra: dict = field(default_factory=dict)
+
+
+# --- the model's identity -------------------------------------------------------------------------------------------
+def model_sha256(folder: str | Path) -> str:
+    """sha256 over every stored tensor (name, dtype, shape, bytes), in name order: the same weights give the same
+    hash whatever the sharding; another model, or the same model changed, gives another."""
+    checkpoint = open_checkpoint(folder)
+    h = hashlib.sha256()
+    for name in sorted(checkpoint.tensors):
+        src = checkpoint.tensors[name]
+        h.update(f"{name}|{src.dtype}|{list(src.shape)}\n".encode())
+        h.update(checkpoint.load(name).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- measuring ---------------------------------------------------------------------------------------------------------
+def quantizable(model) -> dict[str, nn.Module]:
+    """HF weight name -> module whose 2-D ``weight`` a plan types: the decoder's linears, the embedding, and the
+    output head when it is not tied to the embedding."""
+    names = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and ".layers." in name and "visual" not in name and "audio" not in name:
+            names[f"{name}.weight"] = module
+    base = model.model if hasattr(model, "model") else model
+    names["model.embed_tokens.weight"] = base.embed_tokens
+    if not _tied(model):
+        names["lm_head.weight"] = model.lm_head
+    return names
+
+
+def _tied(model) -> bool:
+    head = getattr(model, "lm_head", None)
+    base = model.model if hasattr(model, "model") else model
+    return head is None or head.weight is base.embed_tokens.weight
+
+
+class _ImatrixCollector:
+    """Forward pre-hooks summing x^2 per input column of every linear (llama-imatrix's in_sum2)."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.handles = [
+            m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items() if isinstance(m, nn.Linear)
+        ]
+
+    def _hook(self, name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            self.sums[name] = self.sums.get(name, 0) + x.pow(2).sum(dim=0)
+            self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+
+        return hook
+
+    def close(self) -> dict[str, torch.Tensor]:
+        for h in self.handles:
+            h.remove()
+        return {n: (s / self.counts[n]).float() for n, s in self.sums.items()}
+
+
+def _log_probs(model, batches) -> list[torch.Tensor]:
+    """[positions, vocab] float64 log-probabilities of every batch, padding positions dropped."""
+    out = []
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(**batch, use_cache=False).logits
+            mask = batch.get("attention_mask")
+            logits = logits[mask.bool()] if mask is not None else logits.reshape(-1, logits.shape[-1])
+            out.append(torch.log_softmax(logits.double(), dim=-1))
+    return out
+
+
+def _mean_kl(ref: list[torch.Tensor], model, batches) -> float:
+    """Mean KL(reference ‖ model) per token, nats: runtime.metrics.kl_divergence's quantity (the tests check they
+    agree), computed in torch with the reference's log-probabilities kept, since calibration evaluates it hundreds
+    of times (numpy's logaddexp reduction was half of the calibration's time)."""
+    got = _log_probs(model, batches)
+    kl = [(r.exp() * (r - g)).sum(-1) for r, g in zip(ref, got, strict=True)]
+    return float(torch.cat(kl).mean())
+
+
+def candidate_widths(full: int) -> list[int]:
+    step = WIDTH_STEP if full >= 2 * WIDTH_STEP else 32
+    return sorted({int(full * f) // step * step for f in WIDTH_FRACTIONS} - {0, full})
+
+
+def calibrate(
+    model, batches: list[dict], model_sha256: str, types=CANDIDATE_TYPES, progress: bool = True
+) -> Calibration:
+    """Measure ``model`` (our model or a native Qwen3ForCausalLM, eval mode) on ``batches`` (model inputs)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    modules = quantizable(model)
+    layers = decoder_layers(model)
+    collector = _ImatrixCollector(modules)
+    try:
+        ref = _log_probs(model, batches)
+    finally:
+        imatrix = collector.close()
+    tokens = sum(r.shape[0] for r in ref)
+    shapes = {name: list(m.weight.shape) for name, m in modules.items()}
+    jobs = [(n, t) for n in modules for t in types if fits(t, tuple(shapes[n]))]
+    widths = [candidate_widths(layer.mlp.down_proj.in_features) for layer in layers]
+    bar = tqdm(total=len(jobs) + len(layers) + sum(map(len, widths)), desc="calibrate", disable=not progress)
+
+    tensor_kl: dict[str, dict[str, float]] = {n: {} for n in modules}
+    with torch.no_grad():
+        for name, type_name in jobs:
+            weight = modules[name].weight
+            saved = weight.detach().clone()
+            weight.copy_(round_trip(saved, type_name, imatrix.get(name)))
+            tensor_kl[name][type_name] = _mean_kl(ref, model, batches)
+            weight.copy_(saved)
+            bar.update()
+
+        scores, width_kl, layer_kl = [], [], []
+        for idx, layer in enumerate(layers):
+            mlp = layer.mlp
+            score = neuron_scores(mlp, imatrix[f"{_layer_prefix(modules, idx)}.mlp.down_proj.weight"])
+            scores.append(score)
+            order = importance_order(score)
+            kept = {n: getattr(mlp, n).weight for n in ("gate_proj", "up_proj", "down_proj")}
+            kl_by_width = {}
+            for width in widths[idx]:
+                mlp.gate_proj.weight = nn.Parameter(kept["gate_proj"][order[:width]], requires_grad=False)
+                mlp.up_proj.weight = nn.Parameter(kept["up_proj"][order[:width]], requires_grad=False)
+                mlp.down_proj.weight = nn.Parameter(kept["down_proj"][:, order[:width]], requires_grad=False)
+                kl_by_width[width] = _mean_kl(ref, model, batches)
+                bar.update()
+            for n, w in kept.items():
+                getattr(mlp, n).weight = w
+            width_kl.append(kl_by_width)
+            handle = layer.register_forward_hook(_skip_layer, with_kwargs=True)
+            try:
+                layer_kl.append(_mean_kl(ref, model, batches))
+            finally:
+                handle.remove()
+            bar.update()
+    bar.close()
+    return Calibration(
+        model_sha256, shapes, imatrix, tokens, tensor_kl, scores, width_kl, layer_kl, tokens, _tied(model)
+    )
+
+
+def _layer_prefix(modules: dict[str, nn.Module], idx: int) -> str:
+    for name in modules:
+        if name.endswith(".mlp.down_proj.weight") and f".layers.{idx}." in name:
+            return name[: -len(".mlp.down_proj.weight")]
+    raise KeyError(idx)
+
+
+def _skip_layer(module, args, kwargs, output):
+    """A forward hook that makes a decoder layer the identity (its input hidden states pass through)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+# --- the file ----------------------------------------------------------------------------------------------------------
+def save(calib: Calibration, path: Path) -> None:
+    tensors = {f"imatrix/{n}": v.contiguous() for n, v in calib.imatrix.items()}
+    tensors |= {f"neurons/{i}": s.contiguous() for i, s in enumerate(calib.neuron_scores)}
+    header = {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "model_sha256": calib.model_sha256,
+        "tokens": calib.tokens,
+        "imatrix_tokens": calib.imatrix_tokens,
+        "tied_embeddings": calib.tied_embeddings,
+        "shapes": calib.shapes,
+        "tensor_kl": calib.tensor_kl,
+        "width_kl": [{str(w): kl for w, kl in d.items()} for d in calib.width_kl],
+        "layer_kl": calib.layer_kl,
+        "extra": calib.extra,
+    }
+    with atomic_file(Path(path)) as tmp:
+        save_file(tensors, str(tmp), metadata={"calibration": json.dumps(header)})
+
+
+def load(path: str | Path, model_sha256: str | None = None) -> Calibration:
+    """Read a calibration file; refuse one that is malformed, of a newer schema, or (given ``model_sha256``) made
+    for another model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"{path}: no such calibration file; make one with `transformers-qwen3 calibrate`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})["calibration"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as e:  # safetensors raises its own errors for a damaged file; all mean "not a calibration"
+        raise CalibrationError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from e
+    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
+        raise CalibrationError(f"{path}: not a calibration file (schema {header.get('schema')!r})")
+    if not isinstance(header.get("version"), int) or header["version"] > VERSION:
+        raise CalibrationError(
+            f"{path}: calibration schema version {header.get('version')} is newer than this version reads "
+            f"({VERSION}); upgrade transformers-qwen3 or calibrate again"
+        )
+    if model_sha256 is not None and header.get("model_sha256") != model_sha256:
+        raise CalibrationError(
+            f"{path}: made for another model (sha256 {str(header.get('model_sha256'))[:12]}…, this model is "
+            f"{model_sha256[:12]}…); calibrate this model"
+        )
+    try:
+        n_layers = len(header["layer_kl"])
+        return Calibration(
+            model_sha256=header["model_sha256"],
+            shapes={k: list(v) for k, v in header["shapes"].items()},
+            imatrix={k.removeprefix("imatrix/"): v for k, v in tensors.items() if k.startswith("imatrix/")},
+            imatrix_tokens=int(header["imatrix_tokens"]),
+            tensor_kl={k: {t: float(x) for t, x in d.items()} for k, d in header["tensor_kl"].items()},
+            neuron_scores=[tensors[f"neurons/{i}"] for i in range(n_layers)],
+            width_kl=[{int(w): float(x) for w, x in d.items()} for d in header["width_kl"]],
+            layer_kl=[float(x) for x in header["layer_kl"]],
+            tokens=int(header["tokens"]),
+            tied_embeddings=bool(header["tied_embeddings"]),
+            extra=header.get("extra", {}),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CalibrationError(f"{path}: malformed calibration file ({type(e).__name__}: {e})") from e
+
+
+def write_llama_imatrix(calib: Calibration, path: Path, dataset: str = "transformers-qwen3 calibrate") -> None:
+    """The importance matrix as llama.cpp's imatrix GGUF (what ``llama-imatrix`` writes and ``llama-quantize
+    --imatrix`` reads: general.type = imatrix, imatrix.{datasets,chunk_count,chunk_size}, and per weight
+    ``<gguf name>.in_sum2`` [n_in] and ``<gguf name>.counts`` [1], both F32; sums, not means)."""
+    import gguf
+
+    from ..convert.tensor_map import TEXT_TENSORS, gguf_base_name, match
+
+    with atomic_file(Path(path)) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch="")  # no general.architecture: llama-imatrix writes none either
+        writer.add_type("imatrix")
+        writer.add_array("imatrix.datasets", [dataset])
+        writer.add_uint32("imatrix.chunk_count", 1)
+        writer.add_uint32("imatrix.chunk_size", calib.imatrix_tokens)
+        count = float(calib.imatrix_tokens)
+        for name, mean_sq in sorted(calib.imatrix.items()):
+            m = match(TEXT_TENSORS, name)
+            if m is None:
+                continue
+            gguf_name = gguf_base_name(m) + ".weight"
+            # ggml shape [n_in, 1]: one matrix (llama.cpp's MoE experts would be more rows)
+            writer.add_tensor(f"{gguf_name}.in_sum2", (mean_sq.double() * count).float().numpy().reshape(1, -1))
+            writer.add_tensor(f"{gguf_name}.counts", np.array([[count]], dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+
+# --- the verb ----------------------------------------------------------------------------------------------------------
+def read_texts(path: Path) -> list[str]:
+    """Calibration prompts from a JSONL file: one object per line with "text", or chat "messages" whose contents
+    are joined (media tags stay text here: this version calibrates the text path)."""
+    texts = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise CalibrationError(f"--data {path}: cannot read it ({e})") from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if "text" in record:
+                texts.append(str(record["text"]))
+            else:
+                texts.append("\n".join(str(m["content"]) for m in record["messages"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CalibrationError(
+                f'--data {path}, line {number}: expected an object with "text" or "messages" ({e})'
+            ) from e
+    if not texts:
+        raise CalibrationError(f"--data {path}: no prompts in it")
+    return texts
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="the model folder to calibrate")
+    parser.add_argument("--data", help='JSONL prompts ({"text": ...} or {"messages": [...]}); default: built-in')
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per prompt (longer prompts are cut)")
+    parser.add_argument("--types", default=",".join(CANDIDATE_TYPES), help="candidate ggml types, comma-separated")
+    parser.add_argument("-o", "--output", required=True, help="the calibration file to write (.safetensors)")
+    parser.add_argument("--imatrix", help="also write llama.cpp's imatrix GGUF here (for llama-quantize --imatrix)")
+    parser.add_argument("--force", action="store_true", help="replace existing output files")
+
+
+def run(args) -> int:
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..errors import OutputError
+    from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+
+    outputs = [Path(p) for p in (args.output, args.imatrix) if p]
+    for out in outputs:
+        if out.exists() and not args.force:
+            raise OutputError(f"{out} already exists; choose another name or pass --force to replace it.")
+    types = tuple(t.strip().upper() for t in args.types.split(",") if t.strip())
+    unknown = [t for t in types if t not in gguf.GGMLQuantizationType.__members__]
+    if unknown or not types:
+        raise CalibrationError(f"--types: unknown ggml type(s) {unknown or args.types!r}")
+    texts = read_texts(args.data) if args.data else list(BUILTIN_TEXT)
+    checkpoint = open_checkpoint(args.model)  # the folder check every verb runs first
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    batches = [tokenizer(t, return_tensors="pt", truncation=True, max_length=args.max_tokens) for t in texts]
+    batches = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches]
+    # our folders load with the installed classes (their code files never run), native Qwen3 ones with transformers'
+    ours = checkpoint.model_type == Qwen3MultimodalForConditionalGeneration.config_class.model_type
+    loader = Qwen3MultimodalForConditionalGeneration if ours else AutoModelForCausalLM
+    model = loader.from_pretrained(args.model, dtype=torch.float32).eval()
+    calib = calibrate(model, batches, model_sha256(args.model), types)
+    calib.extra = {"data": str(args.data or "built-in"), "prompts": len(texts), "types": list(types)}
+    save(calib, Path(args.output))
+    if args.imatrix:
+        write_llama_imatrix(calib, Path(args.imatrix), dataset=str(args.data or "built-in"))
+    print(f"wrote {args.output} ({calib.tokens} tokens, {len(calib.tensor_kl)} tensors, {len(calib.layer_kl)} layers)")
+    return 0
