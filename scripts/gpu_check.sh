@@ -85,7 +85,8 @@ step "2/4 patched llama-cpp-python (CUDA)"
 tree="$(ls .gpu/llama_cpp_python-*.tar.gz 2>/dev/null | head -n1)"
 if [ "$dry" = 1 ]; then
     [ -n "$tree" ] || fail "no .gpu/llama_cpp_python-*.tar.gz (make gpu-tree)"
-    tar -tzf "$tree" | grep -q 'vendor/llama.cpp/ggml/src/ggml-cuda/ggml-cuda.cu$' || fail "$tree has no ggml-cuda"
+    tar -tzf "$tree" >"$work/tree.list" || fail "$tree does not read"
+    grep -q 'vendor/llama.cpp/ggml/src/ggml-cuda/ggml-cuda.cu$' "$work/tree.list" || fail "$tree has no ggml-cuda"
     echo "dry run: would build $tree with CMAKE_ARGS: $(bash ggml_patches/cuda/cuda_args.sh "$py" | tr '\n' ' ')"
     "$py" -c 'import llama_cpp; print("CPU llama-cpp-python", llama_cpp.__version__, "gpu offload:", llama_cpp.llama_supports_gpu_offload())' ||
         fail "no llama-cpp-python in .venv (make llama-cpp)"
@@ -164,7 +165,7 @@ def q_type(name: str, layer: int) -> gguf.GGMLQuantizationType:
 
 
 rng = np.random.default_rng(0)
-SCALE = np.float16(2e-4).view(np.uint8)
+SCALE = np.array([2e-4], dtype=np.float16).view(np.uint8)
 
 
 def blocks(qtype, rows: int, cols: int) -> np.ndarray:
@@ -211,7 +212,7 @@ if not path.is_file():
     hd, qd, kvd = s["head_dim"], s["n_head"] * s["head_dim"], s["n_head_kv"] * s["head_dim"]
 
     def add(name, qtype, rows, cols):
-        w.add_tensor(name, blocks(qtype, rows, cols), raw_shape=(rows, cols), raw_dtype=qtype)
+        w.add_tensor(name, blocks(qtype, rows, cols), raw_dtype=qtype)  # uint8 [rows, bytes per row]
 
     def norm(name, n):
         w.add_tensor(name, np.ones(n, dtype=np.float32))

@@ -88,7 +88,7 @@ def test_bf16_logits_and_generation_match_native_on_cuda(pair):
             expected = native(**inputs, mm_token_type_ids=types).logits.float()
             got = ours(**inputs).logits.float()
         diff = (got - expected).abs().max().item()
-        print(f"\nbf16 cuda max |diff| {diff:.3g} (logit scale {expected.abs().max().item():.3g})")
+        print(f"\nbf16 {CUDA} max |diff| {diff:.3g} (logit scale {expected.abs().max().item():.3g})")
         assert torch.equal(got, expected), diff  # the same kernels in the same order
         kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
         assert torch.equal(
@@ -119,7 +119,7 @@ def test_saved_folder_loads_with_device_map_and_generates(tmp_path, qwen3_tokeni
         gpu = loaded(**on_device(inputs)).logits.cpu()
         cpu = model(**inputs).logits
     diff = (gpu - cpu).abs().max().item()
-    print(f"\ndevice_map=auto fp32 cuda vs cpu max |diff| {diff:.3g}")
+    print(f"\ndevice_map=auto fp32 {CUDA} vs cpu max |diff| {diff:.3g}")
     assert diff <= 1e-4, diff
     out = loaded.generate(**on_device(inputs), max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 8
@@ -143,7 +143,7 @@ def test_lora_trains_with_gradient_checkpointing_on_cuda(pair):
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    print(f"\nLoRA bf16 cuda losses {[round(x, 4) for x in losses]}")
+    print(f"\nLoRA bf16 {CUDA} losses {[round(x, 4) for x in losses]}")
     assert losses[-1] < losses[0]
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -185,16 +185,21 @@ def open_llama(gguf: Path, mmproj: Path, on_gpu: bool):
 
 
 def media_run(gguf: Path, mmproj: Path, on_gpu: bool) -> dict:
-    """mtmd's image and audio rows, the logits after an image+audio+text prompt, and 8 greedy tokens."""
+    """mtmd's image and audio rows, then (in a fresh context, as verify's generation check) the logits after an
+    image+audio+text prompt and 8 greedy tokens."""
+    from transformers_qwen3.runtime.llama_cpp import MEDIA_BLOCKS
     from transformers_qwen3.runtime.verify import synthetic_audio, synthetic_image
 
+    image, audio = synthetic_image(), synthetic_audio(2.5)
     with open_llama(gguf, mmproj, on_gpu) as m:
-        image, audio = m.image_bitmap(synthetic_image()), m.audio_bitmap(synthetic_audio(2.5))
-        out = {"image": m.embed(image), "audio": m.embed(audio)}
-        prompt = f"<|im_start|>user\n{m.marker}{m.marker}What is shown and heard?<|im_end|>\n<|im_start|>assistant\n"
-        m.eval_prompt(prompt, [m.image_bitmap(synthetic_image()), m.audio_bitmap(synthetic_audio(2.5))])
-        out["logits"] = m.last_logits()
-        out["greedy"] = m.greedy(8, stop_at_eog=False)
+        out = {"image": m.embed(m.image_bitmap(image)), "audio": m.embed(m.audio_bitmap(audio))}
+    text = "What is shown and heard?"
+    prompt = (
+        f"<|im_start|>user\n{MEDIA_BLOCKS['image']}{MEDIA_BLOCKS['audio']}{text}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    with open_llama(gguf, mmproj, on_gpu) as m:
+        bitmaps = [m.image_bitmap(image), m.audio_bitmap(audio)]
+        out["greedy"], _, out["logits"] = m.answer(m.media_prompt(prompt, ["image", "audio"]), bitmaps, 8, False)
     return out
 
 
