@@ -81,6 +81,10 @@ class Oracle:
     def __init__(self, folder):
         from transformers import AutoModelForCausalLM, AutoProcessor
 
+        # our Auto registrations are keyed on the config class: import it before AutoProcessor resolves the folder
+        # (otherwise it asks for trust_remote_code when no earlier fixture happened to import it)
+        from transformers_qwen3 import Qwen3MultimodalConfig  # noqa: F401
+
         self.processor = AutoProcessor.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
