@@ -97,7 +97,7 @@ class CheckRequests:
             request["messages"] = [_schema_safe(m) for m in request["messages"]]
             body = json.dumps(request).encode()
         try:
-            await self.app(scope, _replay(body), send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             if token is not None:
                 CURRENT.reset(token)
@@ -122,17 +122,19 @@ async def _read_body(receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes):
+def _replay(body: bytes, receive):
+    """``receive`` for the app: the body read here once, then the client's own channel (so that a real disconnect
+    is still seen, and nothing else looks like one)."""
     sent = False
 
-    async def receive():
+    async def replay():
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 async def _reply(send, status: int, body: bytes) -> None:
