@@ -76,26 +76,41 @@ def load_llama(
     f32_kv: bool = False,
     vocab_only: bool = False,
     use_mmap: bool = True,
+    ffn_width: int | list[int] | None = None,
 ):
     """A ``llama_cpp.Llama`` over ``path``; ``f32_kv``: an F32 KV cache (the default F16 cache alone costs ~5e-4
-    relative error in the logits); ``use_mmap=False`` reads the weights into memory instead of mapping them."""
+    relative error in the logits); ``use_mmap=False`` reads the weights into memory instead of mapping them;
+    ``ffn_width``: elastic FFN width (ggml_patches/0004), one width for every layer or one per layer (0 = full),
+    a multiple of the FFN weights' block size; None: the width the GGUF was written with."""
     llama_cpp = llama_cpp_module()
     if vocab_only:
         return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     threads = n_threads or default_threads()
     kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_kv else {}
-    return llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_ubatch=n_ctx,
-        n_threads=threads,
-        n_threads_batch=threads,
-        logits_all=logits_all,
-        use_mmap=use_mmap,
-        verbose=False,
-        **kv,
-    )
+    if ffn_width is not None:
+        if not hasattr(llama_cpp, "llama_set_ffn_widths"):  # an older wheel would take the keyword and ignore it
+            raise MissingDependencyError(f"{WHAT} with elastic FFN width (patch 0004)", INSTALL, "ffn_width")
+        kv["ffn_width"] = ffn_width
+    try:
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_ubatch=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=logits_all,
+            use_mmap=use_mmap,
+            verbose=False,
+            **kv,
+        )
+    except ValueError as e:  # the patched Llama's refusal of ffn_width; llama.cpp's log (off here) has the detail
+        if ffn_width is None:
+            raise
+        raise LlamaCppError(
+            f"{path}: ffn_width={ffn_width!r} refused: each width must be a multiple of the FFN weights' block size "
+            "(256 for K-quants, 32 for Q8_0/Q4_0), at most the layer's width, given once or once per layer"
+        ) from e
 
 
 def tokenize(path: Path, texts: list[str]) -> list[list[int]]:
@@ -107,10 +122,13 @@ def tokenize(path: Path, texts: list[str]) -> list[list[int]]:
         llm.close()
 
 
-def prompt_logits(path: Path, token_ids: list[list[int]], n_threads: int | None = None) -> list[np.ndarray]:
-    """Logits at every position, one [n_tokens, n_vocab] float32 array per prompt (fresh KV cache each, F32)."""
+def prompt_logits(
+    path: Path, token_ids: list[list[int]], n_threads: int | None = None, *, ffn_width: int | list[int] | None = None
+) -> list[np.ndarray]:
+    """Logits at every position, one [n_tokens, n_vocab] float32 array per prompt (fresh KV cache each, F32);
+    ``ffn_width`` as in :func:`load_llama`."""
     n_ctx = max(32, max(len(t) for t in token_ids))
-    llm = load_llama(path, n_ctx, n_threads, logits_all=True, f32_kv=True)
+    llm = load_llama(path, n_ctx, n_threads, logits_all=True, f32_kv=True, ffn_width=ffn_width)
     try:
         out = []
         for ids in token_ids:
