@@ -163,6 +163,9 @@ key_text() {
 }
 key_file="$(mktemp "${TMPDIR:-/tmp}/build_tree_key.XXXXXX")"
 trap 'rm -f "$key_file"' EXIT
+# a killed build still runs the EXIT trap (removes its temporary folder)
+trap 'exit 143' TERM
+trap 'exit 130' INT
 key_text >"$key_file"
 key="$(sha256sum "$key_file" | cut -d' ' -f1)"
 if [ "$print_key" = 1 ]; then

@@ -8,7 +8,7 @@
 #   ggml_patches/riscv64/build.sh rvv|scalar [PYTHON]
 #
 # The last line of stdout is the build folder; the programs are in its bin/, linked statically (run them
-# with qemu-riscv64 -cpu rv64,v=true,vlen=128,vext_spec=v1.0 BIN/...). PYTHON runs pip for setup.sh.
+# with qemu-riscv64 -cpu rv64,Zfh=true,v=true,vlen=128,vext_spec=v1.0 BIN/...; qemu 7.2 needs Zfh=true). PYTHON runs pip for setup.sh.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 

@@ -1,7 +1,7 @@
 """Running the riscv64 builds under qemu-user, for the checks in this folder.
 
-``qemu-riscv64 -cpu rv64,v=true,vlen=N,vext_spec=v1.0`` emulates a RISC-V CPU with the ratified vector extension
-(RVV 1.0) and vector registers of N bits; ggml's RVV kernels pick their code path from the VLEN they read at run
+``qemu-riscv64 -cpu rv64,Zfh=true,v=true,vlen=N,vext_spec=v1.0`` emulates a RISC-V CPU with the ratified vector
+extension (RVV 1.0) and vector registers of N bits; ggml's RVV kernels pick their code path from the VLEN they read at run
 time, so the checks run at 128 and 256. The programs are linked statically (ggml_patches/riscv64/toolchain.cmake),
 so qemu needs no sysroot (-L)."""
 
@@ -14,7 +14,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "ggml_patches" / "riscv64" / "build.sh"
-THREADS = 2
+# llama-mtmd-cli formats -p with the GGUF's chat template; this one passes our already formatted prompt (our chat
+# template's text with mtmd's media marker, as the x86 driver feeds mtmd) through unchanged
+PASS_THROUGH_TEMPLATE = "{{ messages[0]['content'] }}"
 
 
 def build(flavour: str) -> Path:
@@ -27,8 +29,9 @@ def build(flavour: str) -> Path:
 
 
 def cpu(vlen: int | None) -> str:
-    """qemu's -cpu value: RVV 1.0 with ``vlen``-bit vector registers, or (None) a plain rv64gc without V."""
-    return "rv64" if vlen is None else f"rv64,v=true,vlen={vlen},vext_spec=v1.0"
+    """qemu's -cpu value: RVV 1.0 with ``vlen``-bit vector registers, or (None) the same CPU without V.
+    Zfh (scalar half precision, ggml's GGML_RV_ZFH default, in both builds) is off in qemu 7.2's rv64 unless asked."""
+    return "rv64,Zfh=true" if vlen is None else f"rv64,Zfh=true,v=true,vlen={vlen},vext_spec=v1.0"
 
 
 def run(
@@ -50,3 +53,13 @@ def cpu_features(output: str) -> dict[str, str]:
     (``system_info: n_threads = 2 ... | CPU : RISCV_V = 1 | RVV_VLEN = 16 | ...``); {} when there is none."""
     line = next((ln for ln in output.splitlines() if "system_info:" in ln and "CPU :" in ln), "")
     return dict(re.findall(r"(\w+) = (\w+)", line.split("CPU :", 1)[1])) if line else {}
+
+
+def mtmd_answer(bin_dir: Path, gguf: Path, mmproj: Path, prompt: str, media: Path, n_predict: int) -> str:
+    """llama-mtmd-cli's greedy answer (its stdout) to ``prompt`` (one media marker) with the image or audio file."""
+    proc = run(
+        bin_dir, "llama-mtmd-cli", "-m", gguf, "--mmproj", mmproj, "--image", media, "-p", prompt, "--jinja",
+        "--chat-template", PASS_THROUGH_TEMPLATE, "-n", n_predict, "--temp", 0, "-t", 2, "-c", 512,
+    )  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    return proc.stdout

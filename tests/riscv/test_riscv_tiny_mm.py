@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from riscv_tools import explain, run
+from riscv_tools import explain, mtmd_answer, run
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 N_ANSWER = 8
-# mtmd-cli formats -p with the GGUF's chat template; this one hands our already formatted prompt through unchanged
-PASS_THROUGH_TEMPLATE = "{{ messages[0]['content'] }}"
 
 
 def rvv_final_logits(rvv_bin, gguf, out_dir) -> tuple[np.ndarray, list[int]]:
@@ -94,41 +92,12 @@ def x86_answer(gguf, mmproj, kind, path) -> tuple[str, str]:
         return prompt, model.detokenize(tokens)
 
 
-def rvv_answer(rvv_bin, gguf, mmproj, prompt, path) -> str:
-    proc = run(
-        rvv_bin,
-        "llama-mtmd-cli",
-        "-m",
-        gguf,
-        "--mmproj",
-        mmproj,
-        "--image",
-        path,
-        "-p",
-        prompt,
-        "--jinja",
-        "--chat-template",
-        PASS_THROUGH_TEMPLATE,
-        "-n",
-        N_ANSWER,
-        "--temp",
-        0,
-        "-t",
-        2,
-        "-c",
-        512,
-        vlen=128,
-    )
-    assert proc.returncode == 0, explain(proc)
-    return proc.stdout
-
-
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
 @pytest.mark.parametrize("kind", ["image", "audio"])
 def test_media_answer_matches_x86(rvv_bin, tiny_mm_gguf, media, outtype, kind):
     gguf, mmproj = tiny_mm_gguf(outtype)
     prompt, expected = x86_answer(gguf, mmproj, kind, media[kind])
-    got = rvv_answer(rvv_bin, gguf, mmproj, prompt, media[kind])
+    got = mtmd_answer(rvv_bin, gguf, mmproj, prompt, media[kind], N_ANSWER)
     print(f"{outtype} {kind}: x86 {expected!r}, RVV {got!r}")
     assert expected.strip(), f"x86 answered nothing to the {kind} prompt"
     assert got.strip() == expected.strip()
