@@ -144,7 +144,8 @@ class TransformersOracle:
         with self.torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1] :].tolist()
-        eos = set(self.model.generation_config.eos_token_id or [])
+        eos = self.model.generation_config.eos_token_id
+        eos = {eos} if isinstance(eos, int) else set(eos or [])
         new = [t for t in new if t not in eos]
         return self.processor.decode(new, skip_special_tokens=True), len(new)
 
@@ -154,7 +155,8 @@ def oracle(demo_files):
     folder, text, mmproj, _ = demo_files
     kind = os.environ.get("SERVE_ORACLE", "transformers" if os.environ.get("SERVE_BASE_URL") else "llama.cpp")
     if kind == "transformers":
-        return TransformersOracle(folder)
+        yield TransformersOracle(folder)
+        return
     o = LlamaCppOracle(text, mmproj)
     yield o
     o.model.close()
