@@ -8,6 +8,3 @@ LLAMA_RPC_ARGS := cpu-rpc --cmake-arg -DGGML_RPC=ON --target ggml-rpc-server --t
 .PHONY: llama-rpc
 llama-rpc:
 	@bash $(LLAMA_RPC_DIR)/build_tree.sh $(LLAMA_RPC_ARGS) | tee /dev/stderr | tail -n1
-
-# CI's `make test` runs the RPC parity check, so it builds the two programs first (cached after the first run)
-test: llama-rpc

@@ -6,7 +6,7 @@ killed at the end even when tests fail, and with the pytest process if that dies
 
 - ``llama-cpp-python``: ``transformers-qwen3 serve`` (llama-cpp-python's server with our chat handler);
 - ``llama-server-rpc``: llama.cpp's llama-server with the layers on two rpc-servers (``make -s llama-rpc`` builds
-  them once; cached);
+  them once; cached); opt-in for now: ``SERVE_ENGINES=llama-cpp-python,llama-server-rpc``;
 - ``external``: any OpenAI-compatible server already running, e.g. vLLM with our plugin::
 
       SERVE_BASE_URL=http://127.0.0.1:8000/v1 SERVE_MODEL=qwen3-multimodal-demo SERVE_API_KEY=KEY \\
@@ -183,7 +183,8 @@ class Server:
 def engines() -> list[str]:
     if os.environ.get("SERVE_BASE_URL"):
         return ["external"]
-    return os.environ.get("SERVE_ENGINES", "llama-cpp-python,llama-server-rpc").split(",")
+    # llama-server-rpc is opt-in until its first run (docs/serving.md): SERVE_ENGINES=llama-cpp-python,llama-server-rpc
+    return os.environ.get("SERVE_ENGINES", "llama-cpp-python").split(",")
 
 
 def _stop_all(procs):
