@@ -131,8 +131,10 @@ nodevice=()
 for t in "${targets[@]}"; do
     if [ ! -s "$build/$t" ]; then
         missing+=("$t")
-    elif [ "${t%.cu.o}" != "$t" ] && ! readelf -S "$build/$t" 2>/dev/null | grep -q '\.nv_fatbin'; then
-        nodevice+=("$t")
+    elif [ "${t%.cu.o}" != "$t" ]; then
+        # readelf's whole output first: `readelf | grep -q` fails under pipefail when grep stops reading early
+        sections="$(readelf -S "$build/$t" 2>/dev/null || true)"
+        grep -q '\.nv_fatbin' <<<"$sections" || nodevice+=("$t")
     fi
 done
 if [ ${#missing[@]} -gt 0 ] || [ ${#nodevice[@]} -gt 0 ]; then
