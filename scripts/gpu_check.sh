@@ -38,6 +38,8 @@ for a in "$@"; do
         *) echo "scripts/gpu_check.sh: unknown option '$a' (see --help)" >&2; exit 2 ;;
     esac
 done
+# the CPU half of each GPU-vs-CPU comparison: ggml's AMX buffer type segfaulted here (patch 0005's switch turns it off)
+export GGML_CPU_NO_AMX="${GGML_CPU_NO_AMX:-1}"
 out="${OUT:-/tmp/gpu_check}"
 mkdir -p "$out"
 work="${GPU_CHECK_WORK:-/tmp/gpu_check_work}"
