@@ -104,6 +104,33 @@ cpu_flags() {
     fi
 }
 
+# ggml compiles its AMX kernels when the compiler targets AMX (-march=native on a CPU whose flags list amx_tile).
+# Some virtual machines list AMX in /proc/cpuinfo but their kernel does not enable the tile-data state (XTILEDATA,
+# bit 18 of arch_prctl(ARCH_GET_XCOMP_SUPP)): there ggml's AMX matmul dies with SIGSEGV on the first Q4_0/Q8_0/K-quant
+# weight (measured on this project's CI machine, 2026-12-02, stock llama.cpp too). On such a host the build leaves
+# the AMX kernels out (-mno-amx-*: GCC keeps explicit -mno flags over -march=native); on real AMX hardware nothing
+# changes.
+amx_unusable() {
+    case "${CMAKE_ARGS:-}" in *CMAKE_SYSTEM_NAME* | *CMAKE_TOOLCHAIN_FILE*) return 1 ;; esac  # cross builds
+    [ "$(uname -m)" = x86_64 ] && grep -qm1 -w amx_tile /proc/cpuinfo 2>/dev/null || return 1
+    python3 - <<'PY' 2>/dev/null
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+bits = ctypes.c_ulong(0)
+# syscall 158 = arch_prctl on x86_64; 0x1022 = ARCH_GET_XCOMP_SUPP
+ok = libc.syscall(158, 0x1022, ctypes.byref(bits)) == 0
+sys.exit(0 if ok and not bits.value & (1 << 18) else 1)
+PY
+}
+AMX_OFF=0
+if amx_unusable; then
+    AMX_OFF=1
+    NO_COMMON_CMAKE+='# this host lists AMX but its kernel does not enable AMX tile data: leave the AMX kernels out
+string(APPEND CMAKE_C_FLAGS " -mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+string(APPEND CMAKE_CXX_FLAGS " -mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+'
+fi
+
 compute_key() {
     {
         echo "BUILD_RECIPE=$BUILD_RECIPE"
@@ -116,6 +143,7 @@ compute_key() {
         echo "== CPU $(uname -s) $(uname -m)"
         cpu_flags
         echo "== CMAKE_ARGS=${CMAKE_ARGS:-}"
+        [ "$AMX_OFF" = 0 ] || echo "== AMX_OFF=1"
     } | sha256sum | cut -d' ' -f1
 }
 key="$(compute_key)"
@@ -211,6 +239,7 @@ else
     export CMAKE_ARGS="${build_args[*]}${user_cmake_args:+ $user_cmake_args}"
     export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
     say "building $local_version ($CMAKE_BUILD_PARALLEL_LEVEL jobs; ~10 min on 2 idle cores, up to 30 on busy ones)"
+    [ "$AMX_OFF" = 0 ] || say "this CPU lists AMX but the kernel does not enable its tile data (XTILEDATA): AMX kernels left out"
     say "CMAKE_ARGS: $CMAKE_ARGS"
     say "full log: $log (kept as $wheel_dir/build.log)"
     start=$(date +%s)

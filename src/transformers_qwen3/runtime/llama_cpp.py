@@ -77,11 +77,13 @@ def load_llama(
     vocab_only: bool = False,
     use_mmap: bool = True,
     ffn_width: int | list[int] | None = None,
+    n_gpu_layers: int = 0,
 ):
     """A ``llama_cpp.Llama`` over ``path``; ``f32_kv``: an F32 KV cache (the default F16 cache alone costs ~5e-4
     relative error in the logits); ``use_mmap=False`` reads the weights into memory instead of mapping them;
     ``ffn_width``: elastic FFN width (ggml_patches/0004), one width for every layer or one per layer (0 = full),
-    a multiple of the FFN weights' block size; None: the width the GGUF was written with."""
+    a multiple of the FFN weights' block size; None: the width the GGUF was written with; ``n_gpu_layers``: layers
+    offloaded to a GPU build's device (-1: all; scripts/gpu_check.sh)."""
     llama_cpp = llama_cpp_module()
     if vocab_only:
         return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
@@ -99,6 +101,7 @@ def load_llama(
             n_ubatch=n_ctx,
             n_threads=threads,
             n_threads_batch=threads,
+            n_gpu_layers=n_gpu_layers,
             logits_all=logits_all,
             use_mmap=use_mmap,
             verbose=False,
@@ -143,11 +146,19 @@ def prompt_logits(
 class LlamaCppModel:
     """A text GGUF (+ its mmproj) in llama.cpp. Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, gguf: Path, mmproj: Path | None = None, n_threads: int | None = None, n_ctx: int = 512):
+    def __init__(
+        self,
+        gguf: Path,
+        mmproj: Path | None = None,
+        n_threads: int | None = None,
+        n_ctx: int = 512,
+        n_gpu_layers: int = 0,
+    ):
         self.llama_cpp = llama_cpp_module()
         self.mtmd = mtmd_module() if mmproj is not None else None
         self.n_threads = n_threads or default_threads()
-        self.llm = load_llama(gguf, n_ctx, self.n_threads)
+        self.n_gpu_layers = n_gpu_layers
+        self.llm = load_llama(gguf, n_ctx, self.n_threads, n_gpu_layers=n_gpu_layers)
         self.model = self.llm._model.model
         self.ctx = None
         if mmproj is not None:
@@ -162,7 +173,7 @@ class LlamaCppModel:
 
     def _mtmd_context(self, gguf: Path, mmproj: Path):
         params = self.mtmd.mtmd_context_params_default()
-        params.use_gpu = False
+        params.use_gpu = self.n_gpu_layers != 0
         params.n_threads = self.n_threads
         params.print_timings = False
         params.warmup = False
