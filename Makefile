@@ -12,12 +12,13 @@ include ci/floor.mk
 # the patched llama-cpp-python (ggml_patches/), built once per patch set and CPU, cached as a wheel
 include ggml_patches/build.mk
 # llama.cpp's rpc-server and llama-server with -DGGML_RPC=ON (`make llama-rpc`), for the serving tests
--include ggml_patches/rpc.mk
--include ggml_patches/cuda.mk
+include ggml_patches/rpc.mk
+# `make test-cuda-build` (the CUDA units compiled, not run), `make llama-cpp-cuda`, `make gpu-tree` (docs/backends.md)
+include ggml_patches/cuda.mk
 # `make test-riscv`: the riscv64 (RVV) cross builds and their checks under qemu
--include ggml_patches/riscv64.mk
+include ggml_patches/riscv64.mk
 # the vLLM plugin's tests in their own cached venv (.venv-vllm): `make test-vllm` (docs/vllm.md)
--include ci/vllm.mk
+include ci/vllm.mk
 # The transformers release the whole suite runs on: the newest one in pyproject's range that passed.
 TRANSFORMERS_TESTED := $(shell sed -n 's/^transformers==\([0-9.]*\).*/\1/p' $(CONSTRAINTS))
 
