@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_clean_python
+from helpers.processes import REPO, run_clean_python
 from hub_server import HubServer
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 

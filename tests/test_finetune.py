@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from helpers.processes import REPO
 from safetensors.torch import load_file
 
 from transformers_qwen3.checkpoint.build import init_checkpoint

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import run_clean_python
+from helpers.processes import run_clean_python
 from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
 from transformers_qwen3.checkpoint.presets import preset_config

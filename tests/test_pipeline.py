@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import run_clean_python
+from helpers.processes import run_clean_python
 from PIL import Image
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import pytest
 import tiktoken
-from conftest import run_clean_python
+from helpers.processes import run_clean_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
