@@ -236,6 +236,17 @@ class LlamaCppModel:
             raise LlamaCppError(f"mtmd_tokenize failed ({rc}): {len(bitmaps)} media for the markers in {prompt!r}")
         return chunks
 
+    def count_positions(self, prompt: str, bitmaps: list) -> int:
+        """KV cells ``prompt`` with its media will take (mtmd's own counts: tokens, or positions where M-RoPE makes
+        them more), before anything is evaluated, so that a prompt past the context is refused instead of failing
+        halfway through a decode (the server's request check). The bitmaps stay the caller's."""
+        m = self.mtmd
+        chunks = self._chunks(prompt, bitmaps)
+        try:
+            return max(int(m.mtmd_helper_get_n_tokens(chunks)), int(m.mtmd_helper_get_n_pos(chunks)))
+        finally:
+            m.mtmd_input_chunks_free(chunks)
+
     def embed(self, bitmap) -> np.ndarray:
         """[n_tokens, n_embd_inp]: the rows mtmd hands the text model for one image or clip (bitmap freed here).
         A deepstack model's rows are [main | deepstack_0 | deepstack_1 …]."""

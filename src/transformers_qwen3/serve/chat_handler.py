@@ -52,19 +52,6 @@ def context_error(n_prompt: int, n_ctx: int) -> ValueError:
     )
 
 
-def _positions(model: LlamaCppModel, prompt: str, bitmaps: list) -> int:
-    """KV cells ``prompt`` with its media will take (mtmd's own counts: tokens, or positions where M-RoPE makes
-    them more), before anything is evaluated: a prompt past the context must be refused, not fail halfway through
-    a decode. The bitmaps stay the caller's.
-    (``_chunks`` is the driver's tokenization step; a public ``count_positions`` there would be its one home.)"""
-    chunks = model._chunks(prompt, bitmaps)
-    try:
-        m = model.mtmd
-        return max(int(m.mtmd_helper_get_n_tokens(chunks)), int(m.mtmd_helper_get_n_pos(chunks)))
-    finally:
-        model.mtmd.mtmd_input_chunks_free(chunks)
-
-
 class Qwen3ChatHandler:
     """A llama-cpp-python ``chat_handler`` over a :class:`LlamaCppModel` (whose ``llm`` the server serves)."""
 
@@ -101,7 +88,7 @@ class Qwen3ChatHandler:
             bitmaps = [
                 model.image_bitmap(m) if kind == "image" else model.audio_bitmap(m) for kind, m in conversation.media
             ]
-            n_positions = _positions(model, prompt, bitmaps)
+            n_positions = model.count_positions(prompt, bitmaps)
             if n_positions >= llm.n_ctx():
                 for b in bitmaps:
                     model.mtmd.mtmd_bitmap_free(b)
