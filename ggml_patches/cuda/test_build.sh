@@ -141,4 +141,8 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#nodevice[@]} -gt 0 ]; then
     summary "FAILED: missing objects: ${missing[*]:-none}; .cu objects without device code: ${nodevice[*]:-none}"
     exit 1
 fi
-summary "OK: ${#targets[@]} units compiled for CUDA ($(printf '%s\n' "${cuda_args[@]}" | sed -n 's/^-DCMAKE_CUDA_ARCHITECTURES=/sm_/p'), nvcc $(sed -n 's/^-DCMAKE_CUDA_COMPILER=//p' <<<"$(printf '%s\n' "${cuda_args[@]}")" | xargs -I{} {} --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')) in ${took} s; build $build"
+# the summary's architecture and nvcc release, from the arguments the build used
+arch="$(printf '%s\n' "${cuda_args[@]}" | sed -n 's/^-DCMAKE_CUDA_ARCHITECTURES=/sm_/p')"
+nvcc_bin="$(printf '%s\n' "${cuda_args[@]}" | sed -n 's/^-DCMAKE_CUDA_COMPILER=//p')"
+nvcc_release="$("${nvcc_bin:-nvcc}" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p' || true)"
+summary "OK: ${#targets[@]} units compiled for CUDA (${arch:-sm_?}, nvcc ${nvcc_release:-?}) in ${took} s; build $build"
