@@ -13,6 +13,8 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_KEY)
 # pip without this machine's config (its local wheel folder offers torch 2.13.0+cpu, which pip takes for ==2.13.0)
 VLLM_PYPI := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null
 VLLM_TESTS ?= tests_vllm
+# the client suite (tests/serving) against `transformers-qwen3 serve --engine vllm`, one server for all its tests
+VLLM_CLIENT_TESTS ?= tests/serving/test_serving_client.py
 
 .PHONY: venv-vllm test-vllm clean-vllm
 
@@ -38,8 +40,12 @@ $(VLLM_STAMP): $(VLLM_BASE) pyproject.toml
 	rm -f $(VLLM_VENV)/.installed-*
 	touch $@
 
+# Two sessions, one after the other (never two vLLM engines in memory at once): the plugin's parity tests (one
+# in-process engine per model), then the client suite through the OpenAI server (one `serve --engine vllm` on the demo
+# model, stopped with Ctrl-C at the end, which is checked); --durations shows the server's start-up (the first test's set-up).
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest -q -p no:cacheprovider $(VLLM_TESTS)
+	SERVE_ENGINES=vllm $(VLLM_PY) -m pytest -q -p no:cacheprovider -p no:xdist --durations=5 $(VLLM_CLIENT_TESTS)
 
 clean-vllm:
 	rm -rf $(VLLM_VENV)

