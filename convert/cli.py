@@ -30,10 +30,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--outtype",
-        default="f16",
+        default=None,
         type=str.lower,
         choices=OUTTYPES,
-        help="weight type (default f16); q6_k/q5_k_m/q4_k_m/q4_0 run llama.cpp's quantizer and write a Q8_0 mmproj",
+        help="weight type (default f16, with --plan: plan); q6_k/q5_k_m/q4_k_m/q4_0/plan run llama.cpp's quantizer "
+        "and write a Q8_0 mmproj",
+    )
+    parser.add_argument(
+        "--plan",
+        type=Path,
+        metavar="PLAN.json",
+        help="a compression plan for SRC (transformers-qwen3 plan): FFN widths, skipped layers and, with --outtype "
+        "plan (the default then), each weight's type",
+    )
+    parser.add_argument(
+        "--imatrix",
+        type=Path,
+        metavar="IMATRIX.gguf",
+        help="llama.cpp's imatrix GGUF (calibrate --imatrix, llama-imatrix) for llama.cpp's quantizer",
     )
     parser.add_argument("--name", help="file-name stem (default: SRC's folder name)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -64,18 +78,21 @@ def run(args: argparse.Namespace) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     # the options both converters take, under the same names
-    common = dict(outtype=args.outtype, name=args.name, force=args.force, dry_run=args.dry_run)
+    outtype = args.outtype or ("plan" if args.plan else "f16")
+    common = dict(outtype=outtype, name=args.name, force=args.force, dry_run=args.dry_run)
     common["progress"] = not args.no_progress
     if is_lora_adapter(args.src):
-        if args.tensor_type:
-            raise ConversionError("--tensor-type applies to model checkpoints, not LoRA adapters")
+        if args.tensor_type or args.plan or args.imatrix:
+            raise ConversionError("--tensor-type, --plan and --imatrix apply to model checkpoints, not LoRA adapters")
         paths = convert_lora(args.src, args.outdir, base=args.base, **common)
     elif args.base is not None:
         raise ConversionError(f"--base applies to LoRA adapter folders; {args.src} has no adapter_config.json")
     else:
         tensor_types = dict(args.tensor_type) if args.tensor_type else None
         # its errors are UserErrors: the CLI prints each as one line
-        paths = convert_checkpoint(args.src, args.outdir, tensor_types=tensor_types, **common)
+        paths = convert_checkpoint(
+            args.src, args.outdir, tensor_types=tensor_types, plan=args.plan, imatrix=args.imatrix, **common
+        )
     if not args.dry_run:
         for path in paths:
             print(f"wrote {path}")

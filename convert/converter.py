@@ -14,17 +14,28 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 
+from ..formats.compression import checkpoint_sha256, planned_checkpoint, read_plan
+from ..formats.compression import tensor_types as plan_tensor_types
 from ..formats.folder import Checkpoint, validate_folder
 from ..outputs import publish_file, temp_file
 from .errors import ConversionError
 from .metadata import ARCH_MMPROJ, add_general, add_mmproj_hparams, add_text_hparams, text_arch
 from .plan import PlannedTensor, format_plan, plan_mmproj, plan_text
-from .quantize import LLAMA_FTYPES, check_tensor_types, llama_quantize, require_quantizer, type_report, written_types
+from .quantize import (
+    LLAMA_FTYPES,
+    check_tensor_types,
+    llama_quantize,
+    read_imatrix,
+    require_quantizer,
+    type_report,
+    written_types,
+)
 from .support import check_llama_cpp_support
 from .vocab import Vocab, load_vocab
 from .writer import write_gguf
@@ -41,7 +52,22 @@ DIRECT_OUTTYPES: dict[str, tuple[QT, FT]] = {
     "bf16": (QT.BF16, FT.MOSTLY_BF16),
     "q8_0": (QT.Q8_0, FT.MOSTLY_Q8_0),
 }
-OUTTYPES = (*DIRECT_OUTTYPES, *LLAMA_FTYPES)
+# `--plan` with outtype "plan": each weight gets the plan's type through llama.cpp's quantizer (every weight an
+# exact-name override); the file's general.file_type is the mix of the plan's most common type.
+PLAN = "plan"
+PLAN_FTYPES = {
+    "F32": "LLAMA_FTYPE_ALL_F32",
+    "F16": "LLAMA_FTYPE_MOSTLY_F16",
+    "BF16": "LLAMA_FTYPE_MOSTLY_BF16",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "Q5_K": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "Q4_K": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "Q3_K": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
+}
+OUTTYPES = (*DIRECT_OUTTYPES, *LLAMA_FTYPES, PLAN)
 # the K-quant intermediate: lossless for the checkpoint's own precision
 _INTERMEDIATE = {"F32": "f32", "BF16": "bf16", "F16": "f16"}
 # towers are small and precision-sensitive, and llama.cpp's quantizer does not read mmproj files: a K-quant
@@ -56,6 +82,16 @@ class Output:
     outtype: str  # the type the file is named after
     write_type: str  # what gguf-py writes (== outtype except for the K-quant intermediate)
     plan: list[PlannedTensor]
+
+
+@dataclass
+class Quantization:
+    """What llama.cpp's quantizer gets besides the outtype: --tensor-type overrides, a plan's per-weight types
+    (checkpoint name in the compressed model → ggml type), the importance matrix (GGUF name → column means)."""
+
+    tensor_types: dict[str, str] | None = None
+    plan_types: dict[str, str] = field(default_factory=dict)
+    imatrix: dict | None = None
 
 
 def type_label(outtype: str) -> str:
@@ -131,15 +167,23 @@ def _stage_mmproj(ckpt: Checkpoint, out: Output, tmp: Path, name: str, progress:
     write_gguf(tmp, ARCH_MMPROJ, out.plan, metadata, ckpt, progress, out.path.name)
 
 
-def _check_arguments(outtype: str, tensor_types: dict[str, str] | None, dry_run: bool) -> str:
+def _check_arguments(outtype: str, tensor_types: dict[str, str] | None, dry_run: bool, plan=None, imatrix=None) -> str:
     outtype = outtype.lower()
     if outtype not in OUTTYPES:
         raise ConversionError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    if outtype == PLAN and plan is None:
+        raise ConversionError("--outtype plan takes each weight's type from a plan: pass --plan PLAN.json")
+    if outtype == PLAN and tensor_types:
+        raise ConversionError("--tensor-type with --plan: the plan sets every weight's type; change the plan instead")
+    if imatrix is not None and outtype not in (*LLAMA_FTYPES, PLAN):
+        raise ConversionError(
+            "--imatrix applies to llama.cpp's quantizer: use it with --plan or q6_k/q5_k_m/q4_k_m/q4_0"
+        )
     if tensor_types and outtype not in LLAMA_FTYPES:
         raise ConversionError("--tensor-type applies to llama.cpp's quantizer: use it with q6_k/q5_k_m/q4_k_m/q4_0")
     if tensor_types:
         check_tensor_types(tensor_types)
-    if outtype in LLAMA_FTYPES and not dry_run:
+    if outtype in (*LLAMA_FTYPES, PLAN) and not dry_run:
         require_quantizer()  # before the lossless intermediate is written, not after
     return outtype
 
@@ -162,7 +206,7 @@ def _kept_if_identical(outputs: list[Output], outtype: str, force: bool) -> set[
     return keep
 
 
-def _stage(ckpt: Checkpoint, out: Output, name: str, vocab: Vocab, temp_path, progress: bool, tensor_types) -> Path:
+def _stage(ckpt: Checkpoint, out: Output, name: str, vocab: Vocab, temp_path, progress: bool, quant) -> Path:
     """Write ``out`` under a temporary name (K-quants: the intermediate, then llama.cpp's quantizer)."""
     tmp = temp_path(out.path)
     if out.kind != "text":
@@ -172,14 +216,23 @@ def _stage(ckpt: Checkpoint, out: Output, name: str, vocab: Vocab, temp_path, pr
     if out.write_type == out.outtype:
         return tmp
     quantized = temp_path(out.path)
-    llama_quantize(tmp, quantized, out.outtype, tensor_types)
+    overrides, ftype_name, planned = quant.tensor_types, None, {}
+    if out.outtype == PLAN:
+        planned = {p.name: quant.plan_types[p.source].upper() for p in out.plan if p.source in quant.plan_types}
+        overrides = {f"^{re.escape(n)}$": t for n, t in planned.items()}
+        ftype_name = PLAN_FTYPES.get(Counter(planned.values()).most_common(1)[0][0], "LLAMA_FTYPE_MOSTLY_Q8_0")
+    llama_quantize(tmp, quantized, out.outtype, overrides, ftype_name=ftype_name, imatrix=quant.imatrix)
     tmp.unlink()
-    for line in type_report(written_types(quantized), out.outtype):
+    written = written_types(quantized)
+    wrong = [f"{n}: {written.get(n)} (plan: {t})" for n, t in planned.items() if written.get(n) != t]
+    if wrong:
+        raise ConversionError(f"llama.cpp's quantizer did not write the plan's types: {'; '.join(wrong[:6])}")
+    for line in type_report(written, out.outtype):
         logger.info("%s: %s", out.path.name, line)
     return quantized
 
 
-def _stage_and_publish(ckpt, outputs, name, vocab, keep_if_identical, force, progress, tensor_types) -> None:
+def _stage_and_publish(ckpt, outputs, name, vocab, keep_if_identical, force, progress, quant) -> None:
     """Stage every output, then rename them all into place; any error removes every staged file."""
     staged: list[tuple[Path, Path]] = []
     scratch: list[Path] = []
@@ -192,7 +245,7 @@ def _stage_and_publish(ckpt, outputs, name, vocab, keep_if_identical, force, pro
 
     try:
         for out in outputs:
-            tmp = _stage(ckpt, out, name, vocab, temp_path, progress, tensor_types)
+            tmp = _stage(ckpt, out, name, vocab, temp_path, progress, quant)
             if out.path in keep_if_identical and out.path.exists() and not force:
                 if filecmp.cmp(tmp, out.path, shallow=False):
                     logger.info("%s: unchanged, kept", out.path.name)
@@ -216,6 +269,8 @@ def convert_checkpoint(
     *,
     progress: bool = True,
     tensor_types: dict[str, str] | None = None,
+    plan: str | os.PathLike | None = None,
+    imatrix: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Convert the checkpoint folder `src` into GGUF files in `outdir`; returns their paths.
 
@@ -224,18 +279,54 @@ def convert_checkpoint(
     an mmproj whose bytes would not change (K-quant conversions of one checkpoint share the Q8_0 mmproj).
     `dry_run` prints every tensor (name, shape, type, bytes) and the totals, and writes nothing.
     `tensor_types`: regex → ggml type overrides for llama.cpp's quantizer (K-quants / q4_0 only).
+    `plan`: a compression plan (``transformers-qwen3 plan``) for this checkpoint: the text model is written with
+    its FFN neurons permuted and cut to the plan's widths and its skipped layers dropped (formats/compression.py,
+    the same functions the transformers side uses); with outtype "plan" each weight gets the plan's type.
+    `imatrix`: llama.cpp's imatrix GGUF (``calibrate --imatrix``, ``llama-imatrix``) for llama.cpp's quantizer.
     """
-    outtype = _check_arguments(outtype, tensor_types, dry_run)
+    outtype = _check_arguments(outtype, tensor_types, dry_run, plan, imatrix)
     src, outdir = Path(src), Path(outdir)
     ckpt = validate_folder(src)
+    quant = Quantization(tensor_types)
+    if plan is not None:
+        plan_dict = read_plan(plan, checkpoint_sha256(ckpt))
+        ckpt = planned_checkpoint(ckpt, plan_dict, str(plan))
+        quant.plan_types = plan_tensor_types(plan_dict, ckpt.layout)
     check_llama_cpp_support(ckpt)
     name = _check_name(name or src.resolve().name)
     outputs = plan_outputs(ckpt, outdir, outtype, name)
+    if imatrix is not None:
+        quant.imatrix = _imatrix_for(ckpt, outputs, Path(imatrix))
     if dry_run:
         _print_plans(outputs)
         return [out.path for out in outputs]
     vocab = load_vocab(ckpt.folder, ckpt.text["vocab_size"])  # tokenizer problems surface before any writing
     _prepare_outdir(outdir)
     keep_if_identical = _kept_if_identical(outputs, outtype, force)
-    _stage_and_publish(ckpt, outputs, name, vocab, keep_if_identical, force, progress, tensor_types)
+    _stage_and_publish(ckpt, outputs, name, vocab, keep_if_identical, force, progress, quant)
     return [out.path for out in outputs]
+
+
+def _imatrix_for(ckpt: Checkpoint, outputs: list[Output], path: Path) -> dict:
+    """The imatrix file's entries under the written model's names (a plan renumbers layers and cuts ffn_down's
+    columns), each checked against its weight's row width."""
+    import torch
+
+    data = read_imatrix(path)
+    layout = getattr(ckpt, "layout", None)
+    if layout is not None:
+        mapped = {}
+        for name, values in data.items():
+            new = layout.gguf_name(name)
+            if new is not None:
+                mapped[new] = layout.gguf_input_columns(name, torch.from_numpy(values)).numpy()
+        data = mapped
+    widths = {p.name: p.shape[-1] for out in outputs if out.kind == "text" for p in out.plan}
+    wrong = [
+        f"{n} ({v.size} columns, the weight has {widths[n]})"
+        for n, v in data.items()
+        if widths.get(n, v.size) != v.size
+    ]
+    if wrong:
+        raise ConversionError(f"--imatrix {path}: made for another model: {', '.join(wrong[:4])}")
+    return {n: v for n, v in data.items() if n in widths}

@@ -13,12 +13,21 @@ from collections import Counter
 from pathlib import Path
 
 import gguf
+import numpy as np
 
 from ..errors import MissingDependencyError
 from ..formats.gguf_file import tensor_types as written_types  # what llama.cpp wrote, read back
 from .errors import ConversionError
 
-__all__ = ["LLAMA_FTYPES", "check_tensor_types", "llama_quantize", "require_quantizer", "type_report", "written_types"]
+__all__ = [
+    "LLAMA_FTYPES",
+    "check_tensor_types",
+    "llama_quantize",
+    "read_imatrix",
+    "require_quantizer",
+    "type_report",
+    "written_types",
+]
 
 # outtype → (llama_ftype constant name in llama_cpp, the types its mix is meant to use for 2-D weights)
 LLAMA_FTYPES: dict[str, tuple[str, frozenset[str]]] = {
@@ -68,18 +77,41 @@ def check_tensor_types(tensor_types: dict[str, str]) -> dict[str, gguf.GGMLQuant
 
 
 def llama_quantize(
-    src: Path, dst: Path, outtype: str, tensor_types: dict[str, str] | None = None, nthread: int = 0
+    src: Path,
+    dst: Path,
+    outtype: str,
+    tensor_types: dict[str, str] | None = None,
+    nthread: int = 0,
+    *,
+    ftype_name: str | None = None,
+    imatrix: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Quantize the GGUF `src` (F32 / BF16 / F16 weights) into `dst` with llama.cpp.
 
     `tensor_types` maps a regex (searched in each tensor name, as llama-quantize's --tensor-type) to a type name
-    such as "q8_0"; those tensors get that type instead of the mix's choice."""
+    such as "q8_0"; those tensors get that type instead of the mix's choice. `ftype_name` (a llama_cpp
+    LLAMA_FTYPE_* constant name) replaces `outtype`'s mix (a compression plan's types, all given as overrides).
+    `imatrix`: GGUF weight name → mean squared input per input column, as llama-quantize passes the file that
+    `--imatrix` names (it divides the sums by the counts first); the K-quants weigh their rounding error by it."""
     llama_cpp = _llama_cpp()
-    ftype_name, _ = LLAMA_FTYPES[outtype]
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, ftype_name)
+    params.ftype = getattr(llama_cpp, ftype_name or LLAMA_FTYPES[outtype][0])
     params.nthread = nthread
     keep_alive = []
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            data = np.ascontiguousarray(values, dtype=np.float32)
+            if not np.isfinite(data).all():
+                raise ConversionError(f"importance matrix for {name}: non-finite values; recompute it")
+            encoded = name.encode()
+            keep_alive += [encoded, data]
+            entries[i].name = encoded
+            entries[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = data.size
+        entries[len(imatrix)].name = None  # terminator: the vendored llama-quant.cpp loops while name != nullptr
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep_alive.append(entries)
     if tensor_types:
         qtypes = check_tensor_types(tensor_types)
         overrides = (llama_cpp.llama_model_tensor_override * (len(qtypes) + 1))()
@@ -110,3 +142,28 @@ def type_report(types: dict[str, str], outtype: str | None = None) -> list[str]:
             )
             lines.extend(f"  {n}: {t}" for n, t in odd.items())
     return lines
+
+
+def read_imatrix(path: Path) -> dict[str, np.ndarray]:
+    """llama.cpp's imatrix GGUF (what `llama-imatrix` and `calibrate --imatrix` write: `<weight>.in_sum2` and
+    `<weight>.counts`) as weight name → mean squared input per column, what `llama_quantize` takes."""
+    from ..formats.gguf_file import read_gguf
+
+    reader = read_gguf(Path(path))
+    kind = reader.get_field(gguf.Keys.General.TYPE)
+    if kind is None or str(kind.contents()) != "imatrix":
+        raise ConversionError(f"--imatrix {path}: not an imatrix GGUF (general.type is not 'imatrix')")
+    sums, counts = {}, {}
+    for t in reader.tensors:
+        if t.name.endswith(".in_sum2"):
+            sums[t.name.removesuffix(".in_sum2")] = np.array(t.data, dtype=np.float64).reshape(-1)
+        elif t.name.endswith(".counts"):
+            counts[t.name.removesuffix(".counts")] = np.array(t.data, dtype=np.float64).reshape(-1)
+    out = {}
+    for name, s in sums.items():
+        if name not in counts or counts[name].size != 1 or counts[name][0] <= 0:
+            raise ConversionError(f"--imatrix {path}: {name} has no usable count (one matrix per weight is read)")
+        out[name] = (s / counts[name][0]).astype(np.float32)
+    if not out:
+        raise ConversionError(f"--imatrix {path}: holds no importance data")
+    return out

@@ -24,22 +24,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OutputError, UserError
+from ..errors import OutputError
+from ..formats.compression import SCHEMA, VERSION, PlanError, read_plan
 from ..formats.folder import open_checkpoint
 from ..outputs import atomic_file
 from . import calibrate as calib_mod
+from .importance import importance_order
 from .quants import CANDIDATE_TYPES, fits, tensor_bytes
 
-SCHEMA = "transformers-qwen3/plan"
-VERSION = 1
 # Which types each runtime can hold a weight in. The torch path's quantizer is not chosen yet (issue 11, item 4b);
 # until then a torch plan uses 16-bit and 8-bit only (bitsandbytes' LLM.int8 round trips on CPU here).
 RUNTIME_TYPES = {"gguf": CANDIDATE_TYPES, "torch": ("F16", "Q8_0")}
 KV_BYTES_PER_VALUE = 2  # f16 K and V caches, llama.cpp's and transformers' default
-
-
-class PlanError(UserError, ValueError):
-    """A budget that cannot be met, or a plan file that cannot be used (the message says why)."""
 
 
 # --- budgets -----------------------------------------------------------------------------------------------------------
@@ -266,6 +262,8 @@ def make_plan(
                 "new_index": kept.index(i) if i in kept else None,
                 "ffn_width": state.width[i],
                 "ffn_full": state.full[i],
+                # the neurons most important first: a width keeps the first ffn_width (formats/compression.py)
+                "ffn_order": importance_order(calib.neuron_scores[i]).tolist(),
                 "kl": calib.layer_kl[i] if state.skip[i] else calib.width_kl[i].get(state.width[i], 0.0),
             }
             for i in range(shape.n_layers)
@@ -302,31 +300,8 @@ def table(plan: dict) -> str:
 
 # --- the file -------------------------------------------------------------------------------------------------------------
 def load_plan(path: str | Path, model_sha256: str | None = None) -> dict:
-    path = Path(path)
-    try:
-        plan = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise PlanError(f"{path}: no such plan file; make one with `transformers-qwen3 plan`") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PlanError(f"{path}: not a plan file ({e})") from e
-    if not isinstance(plan, dict) or plan.get("schema") != SCHEMA:
-        raise PlanError(f"{path}: not a plan file (no '{SCHEMA}' schema)")
-    if not isinstance(plan.get("version"), int) or plan["version"] > VERSION:
-        raise PlanError(
-            f"{path}: plan schema version {plan.get('version')!r} is newer than this version reads ({VERSION}); "
-            "upgrade transformers-qwen3"
-        )
-    if model_sha256 is not None and plan.get("model_sha256") != model_sha256:
-        raise PlanError(f"{path}: the plan was made for another model (sha256 {str(plan.get('model_sha256'))[:12]}…)")
-    try:
-        for entry in plan["layers"]:
-            int(entry["index"]), int(entry["ffn_width"]), bool(entry["skip"])  # noqa: B018 (type checks)
-        for t in plan["tensors"].values():
-            if t["type"] not in CANDIDATE_TYPES:
-                raise ValueError(f"unknown type {t['type']!r}")
-    except (KeyError, TypeError, ValueError) as e:
-        raise PlanError(f"{path}: malformed plan ({type(e).__name__}: {e})") from e
-    return plan
+    """Read a plan file (``formats.compression.read_plan``: the one reader both runtimes use)."""
+    return read_plan(path, model_sha256)
 
 
 # --- the verb ---------------------------------------------------------------------------------------------------------------

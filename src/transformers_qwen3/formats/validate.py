@@ -45,6 +45,13 @@ def _size(value: Any) -> str | None:
     return None if 1 <= value <= MAX_SIZE else f"must be a positive size (1 to {MAX_SIZE})"
 
 
+def _widths(value: Any) -> str | None:
+    """An FFN width, or one per decoder layer (a compressed model, docs/compression.md)."""
+    if isinstance(value, list):
+        return None if value and all(_size(v) is None for v in value) else "must be a size or a list of sizes"
+    return _size(value)
+
+
 def _layers(value: Any) -> str | None:
     if not _is_int(value):
         return "must be a whole number"
@@ -91,7 +98,8 @@ Check = Callable[[Any], "str | None"]
 TEXT_SCHEMA: dict[str, tuple[Check, bool]] = {
     "vocab_size": (_size, True),
     "hidden_size": (_size, True),
-    "intermediate_size": (_size, True),
+    "intermediate_size": (_widths, True),
+    "skipped_layers": (_indexes, False),
     "num_hidden_layers": (_layers, True),
     "num_attention_heads": (_size, True),
     "num_key_value_heads": (_size, False),  # default: num_attention_heads
@@ -236,6 +244,12 @@ def _text_relations(config, text, t: str) -> list[tuple[bool, str]]:
             )
         )
         head_dim = hidden // heads
+    widths = text["intermediate_size"]
+    if isinstance(widths, list):
+        n_layers = text["num_hidden_layers"]
+        checks.append(
+            (len(widths) == n_layers, f"{t}intermediate_size lists {len(widths)} widths for {n_layers} layers")
+        )
     layer_types = text.get("layer_types")
     if layer_types is not None:
         n_layers = text["num_hidden_layers"]
@@ -381,7 +395,16 @@ def expected_tensors(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
     text["rope_parameters"] = rope
     text.pop("rope_scaling", None)
     text["tie_word_embeddings"] = ckpt.tie_word_embeddings
+    widths = text.get("intermediate_size")
+    if isinstance(widths, list):  # per-layer FFN widths (a compressed model): Qwen3's shapes, each MLP at its width
+        text["intermediate_size"] = widths[0]
+    text.pop("skipped_layers", None)
     shapes = _built("a Qwen3 decoder", ckpt, lambda: qwen3_text_shapes(Qwen3Config(**text)))
+    if isinstance(widths, list):
+        for i, width in enumerate(widths):
+            p = f"model.layers.{i}.mlp."
+            shapes[p + "gate_proj.weight"] = shapes[p + "up_proj.weight"] = (width, text["hidden_size"])
+            shapes[p + "down_proj.weight"] = (text["hidden_size"], width)
     if ckpt.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
 
