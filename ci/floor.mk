@@ -11,7 +11,7 @@ FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed-transformers-$(TRANSFORMERS_FLOOR)
 # The parity and conformance tests against transformers' native classes, and the checkpoint round trips; the rest of
 # the suite runs on the ceiling only.
-FLOOR_TESTS := tests/test_text_parity.py tests/test_multimodal_parity.py tests/test_conformance.py tests/test_checkpoint.py
+FLOOR_TESTS := tests/test_import_time.py tests/test_text_parity.py tests/test_multimodal_parity.py tests/test_conformance.py tests/test_checkpoint.py
 
 .PHONY: test-floor venv-floor clean-floor
 

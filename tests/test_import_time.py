@@ -89,3 +89,22 @@ def test_auto_classes_resolve_our_classes_without_trust_remote_code(folder, befo
     )
     assert result["classes"] == EXPECTED
     assert result["early"] == []
+
+
+ALONE = """
+import json
+import transformers_qwen3
+from transformers import {auto}
+loaded = {auto}.from_pretrained({folder!r})
+print(json.dumps({{"classes": [type(loaded).__module__ + "." + type(loaded).__name__]}}))
+"""
+
+
+@pytest.mark.parametrize(
+    "auto,expected",
+    [("AutoProcessor", EXPECTED[3]), ("AutoTokenizer", EXPECTED[2]), ("AutoModelForCausalLM", EXPECTED[1])],
+)
+def test_each_auto_class_alone_needs_no_trust_remote_code(folder, auto, expected):
+    """An Auto class used first and alone (no AutoConfig before it) finds our class: transformers 5.19's
+    AutoProcessor looks the processor up by name before it reads config.json, and asked for trust_remote_code."""
+    assert run_python(ALONE.format(auto=auto, folder=str(folder)))["classes"] == [expected]

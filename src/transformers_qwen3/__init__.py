@@ -125,11 +125,25 @@ _KEYED_BY_CONFIG = {
 _PENDING = {"transformers.models.auto.configuration_auto", _CONFIGURATION, *_KEYED_BY_CONFIG}
 
 
+def _register_processor_by_name(auto):
+    # transformers 5.19's AutoProcessor reads processor_config.json first and looks its "processor_class" up by name
+    # (``processor_class_from_name`` scans the registered values) before it loads config.json; a folder loaded with
+    # AutoProcessor alone never imports our configuration file, so the registration keyed by the real config class
+    # has not happened yet and it asked for trust_remote_code. A stand-in key is found by that name scan only, never
+    # by ``type(config)``; the real key follows once the configuration file has run.
+    key = _stand_in(_CONFIGURATION, "Qwen3MultimodalConfig", model_type="qwen3_multimodal")
+    auto.AutoProcessor.register(
+        key, _stand_in(_PROCESSING, "Qwen3MultimodalProcessor", config_class=key), exist_ok=True
+    )
+
+
 def _register(module_name: str) -> None:
     """Called once ``module_name`` has run. Imports nothing: it may run inside any import of transformers."""
     _PENDING.discard(module_name)
     if module_name == "transformers.models.auto.configuration_auto":
         _register_configs(sys.modules[module_name])
+    if module_name == "transformers.models.auto.processing_auto" and _CONFIGURATION in _PENDING:
+        _register_processor_by_name(sys.modules[module_name])
     if _CONFIGURATION in _PENDING:
         return
     config = sys.modules[_CONFIGURATION].Qwen3MultimodalConfig
