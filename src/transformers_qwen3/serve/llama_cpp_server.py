@@ -55,10 +55,11 @@ def _error_body(message: str, code: str, param: str | None = None) -> bytes:
 class CheckRequests:
     """Pure ASGI middleware (so context variables set here reach the endpoint): see the module docstring."""
 
-    def __init__(self, app, name: str, api_key: str | None, check=None):
+    def __init__(self, app, name: str, api_key: str | None, check=None, n_vocab: int | None = None):
         """``check(conversation, template_kwargs)``: raises BadRequest for what only the model side knows (our
-        template's refusals, media sent to a model without an mmproj)."""
-        self.app, self.name, self.api_key, self.check = app, name, api_key, check
+        template's refusals, media sent to a model without an mmproj); ``n_vocab``: the range of ``logit_bias``'s
+        token ids."""
+        self.app, self.name, self.api_key, self.check, self.n_vocab = app, name, api_key, check, n_vocab
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in MODEL_PATHS:
@@ -80,6 +81,10 @@ class CheckRequests:
         if model is not None and model != self.name:
             message = f"The model '{model}' does not exist; this server serves '{self.name}'"
             return await _reply(send, 404, _error_body(message, "model_not_found", "model"))
+        try:
+            check_logit_bias(request.get("logit_bias"), self.n_vocab)
+        except BadRequest as e:
+            return await _reply(send, e.status, _error_body(str(e), e.code, e.param))
         token = None
         if scope["path"] in CHAT_PATHS:
             try:
@@ -101,6 +106,25 @@ class CheckRequests:
         finally:
             if token is not None:
                 CURRENT.reset(token)
+
+
+def check_logit_bias(bias, n_vocab: int | None) -> None:
+    """``logit_bias``: an object of token ids (as strings, OpenAI's form) to numbers; ids in the vocabulary."""
+    if bias is None:
+        return
+    if not isinstance(bias, dict):
+        raise BadRequest("'logit_bias' must be an object of token ids to numbers", param="logit_bias")
+    for k, v in bias.items():
+        try:
+            token = int(k)
+        except ValueError:
+            raise BadRequest(f"'logit_bias' key {k!r} is not a token id", param="logit_bias") from None
+        if n_vocab is not None and not 0 <= token < n_vocab:
+            raise BadRequest(
+                f"'logit_bias' token {token} is not in the vocabulary (0..{n_vocab - 1})", param="logit_bias"
+            )
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise BadRequest(f"'logit_bias' value for token {k} must be a number", param="logit_bias")
 
 
 def _schema_safe(message: dict) -> dict:
@@ -166,5 +190,5 @@ def build_app(
     app = server_app.create_app(server_settings=server, model_settings=[vocab])
     server_app._llama_proxy.free()
     server_app._llama_proxy = OneModel(name, model.llm)
-    app.add_middleware(CheckRequests, name=name, api_key=api_key, check=handler.check)
+    app.add_middleware(CheckRequests, name=name, api_key=api_key, check=handler.check, n_vocab=model.n_vocab)
     return app, model
