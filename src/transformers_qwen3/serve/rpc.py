@@ -13,6 +13,7 @@ is sent. Bind rpc-servers to 127.0.0.1 or to a private network that only the lla
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,9 +31,10 @@ class EngineError(UserError, RuntimeError):
     """A server process that did not come up; the message has the end of its log."""
 
 
-def binary(name: str) -> Path:
-    """``name`` (rpc-server, llama-server) from ``$TRANSFORMERS_QWEN3_LLAMA_BIN``, else from PATH."""
-    folder = os.environ.get(BIN_ENV)
+def binary(name: str, env: dict | None = None) -> Path:
+    """``name`` (ggml-rpc-server, llama-server) from ``$TRANSFORMERS_QWEN3_LLAMA_BIN`` (of ``env``, default the
+    process's environment), else from PATH."""
+    folder = (os.environ if env is None else env).get(BIN_ENV)
     path = Path(folder) / name if folder else (Path(found) if (found := shutil.which(name)) else None)
     if path is None or not path.is_file():
         where = f"${BIN_ENV}={folder}" if folder else "PATH"
@@ -63,13 +65,64 @@ def _tail(log: Path, n: int = 3000) -> str:
     return log.read_text(errors="replace")[-n:] if log.is_file() else "(no log)"
 
 
-def start_rpc_server(log: Path, host: str = "127.0.0.1", port: int | None = None, threads: int = 1):
+def amx_unusable() -> bool:
+    """True on an x86-64 CPU that lists AMX but whose kernel does not enable AMX tile data (XTILEDATA, bit 18 of
+    ``arch_prctl(ARCH_GET_XCOMP_SUPP)``): there ggml's AMX matmul crashes on Q4_0/Q8_0/K-quant weights (measured on
+    this project's CI machine). The wheel is built without the AMX kernels on such a host (ggml_patches/build_wheel.sh);
+    the RPC programs are built with them, so they are started with ``GGML_CPU_NO_AMX=1`` (ggml_patches/0005)."""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        return False
+    try:
+        if not re.search(r"\bamx_tile\b", Path("/proc/cpuinfo").read_text()):
+            return False
+        bits = ctypes.c_ulong(0)
+        # syscall 158 = arch_prctl on x86_64; 0x1022 = ARCH_GET_XCOMP_SUPP
+        ok = ctypes.CDLL(None, use_errno=True).syscall(158, 0x1022, ctypes.byref(bits)) == 0
+    except OSError:
+        return False
+    return ok and not bits.value & (1 << 18)
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: a session of its own (so :func:`stop` can end the whole group), and SIGKILL when the process that
+    started it dies (Linux ``PR_SET_PDEATHSIG``), so that no server outlives a killed test run or benchmark."""
+    import ctypes
+    import signal
+
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:  # not glibc: the session alone
+        pass
+
+
+def spawn(cmd: list[str], log: Path, env: dict | None = None, die_with_parent: bool = True) -> subprocess.Popen:
+    """Start ``cmd`` with its output in ``log``, in its own session; ``GGML_CPU_NO_AMX=1`` where AMX is listed but
+    unusable (:func:`amx_unusable`) unless the environment sets it."""
+    env = dict(os.environ if env is None else env)
+    if "GGML_CPU_NO_AMX" not in env and amx_unusable():
+        env["GGML_CPU_NO_AMX"] = "1"
+    with open(log, "wb") as out:
+        if die_with_parent:
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def start_rpc_server(
+    log: Path, host: str = "127.0.0.1", port: int | None = None, threads: int = 1, env: dict | None = None
+):
     """One ``rpc-server`` (CPU backend) on ``host:port``; returns (process, "host:port")."""
     port = port or free_port(host)
-    cmd = [str(binary(RPC_SERVER)), "--host", host, "--port", str(port), "--threads", str(threads)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_port(host, port, proc, log)
+    cmd = [str(binary(RPC_SERVER, env)), "--host", host, "--port", str(port), "--threads", str(threads)]
+    proc = spawn(cmd, log, env)
+    try:
+        wait_for_port(host, port, proc, log)
+    except BaseException:
+        stop(proc)
+        raise
     return proc, f"{host}:{port}"
 
 
