@@ -173,8 +173,26 @@ def _add_training_arguments(train) -> None:
         help="recompute activations in the backward pass (less memory, ~30 %% more compute)",
     )
     train.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs with bf16 support)")
+    train.add_argument(
+        "--nested-ffn",
+        type=_widths,
+        default=None,
+        metavar="W1,W2,...",
+        help="nested (MatFormer) FFN training: each step runs every decoder FFN at its first W neurons, W drawn "
+        "among these widths and the full one (training/nested.py); --full, or LoRA without --lora-mlp",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give FFN widths as positive integers, e.g. 256,512")
+    return widths
 
 
 def _add_checkpoint_arguments(ckpt) -> None:
@@ -295,6 +313,8 @@ def training_arguments(args, ckpt_dir: Path, has_towers: bool):
 
 def run(args) -> int:
     out, ckpt_dir, merge_dir = _paths(args)
+    if args.nested_ffn and args.mode == "lora" and args.lora_mlp:
+        raise FinetuneUsageError("--nested-ffn slices the MLP weights: use --full, or LoRA without --lora-mlp")
     model_dir = Path(args.model).resolve()
     # the cheap checks, before torch and transformers load: outputs, the model folder, the data's structure
     resume = _check_outputs(args, out, ckpt_dir, merge_dir, sources=[model_dir])
@@ -364,6 +384,12 @@ def _train(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, resume, mode
     state.wait_for_everyone()
 
     model, lora_settings = _model(args, model_dir)
+    callbacks, nested = [], None
+    if args.nested_ffn:
+        from .nested import NestedFFN, NestedFFNCallback
+
+        nested = NestedFFN(model, args.nested_ffn, seed=args.seed)
+        callbacks.append(NestedFFNCallback(nested))
     trainable, total = parameter_counts(model)
     if state.is_main_process:
         print(
@@ -372,10 +398,16 @@ def _train(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, resume, mode
         )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else PAD_FALLBACK
     collator = ChatCollator(pad_id, padding_side=tokenizer.padding_side)
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=dataset, data_collator=collator, callbacks=callbacks
+    )
     start_step = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).global_step if resume else 0
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    finally:
+        if nested is not None:
+            nested.close()  # the saved model runs at full width, as any checkpoint
     summary = {
         "mode": args.mode,
         "model": str(model_dir),
@@ -385,6 +417,7 @@ def _train(args, out: Path, ckpt_dir: Path, merge_dir: Path | None, resume, mode
         "total_parameters": total,
         "trainable_fraction": trainable / total,
         "lora": lora_settings,
+        "nested_ffn": {"widths": nested.widths, "steps_per_width": nested.draws} if nested is not None else None,
         "resumed_from": str(resume) if resume is not None else None,
         "start_step": start_step,
         "global_step": trainer.state.global_step,
