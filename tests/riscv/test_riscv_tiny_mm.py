@@ -13,38 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from riscv_tools import explain, mtmd_answer, run
+from riscv_tools import final_logits, mtmd_answer
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 N_ANSWER = 8
-
-
-def rvv_final_logits(rvv_bin, gguf, out_dir) -> tuple[np.ndarray, list[int]]:
-    proc = run(
-        rvv_bin,
-        "llama-debug",
-        "-m",
-        gguf,
-        "-p",
-        PROMPT,
-        "-t",
-        2,
-        "-c",
-        128,
-        "-ctk",
-        "f32",
-        "-ctv",
-        "f32",
-        "--save-logits",
-        "--logits-output-dir",
-        out_dir,
-        vlen=128,
-    )
-    assert proc.returncode == 0, explain(proc)
-    stem = out_dir / f"llamacpp-{gguf.stem}"
-    logits = np.fromfile(f"{stem}.bin", dtype=np.float32)
-    tokens = np.fromfile(f"{stem}-tokens.bin", dtype=np.int32).tolist()
-    return logits, tokens
 
 
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
@@ -52,7 +24,7 @@ def test_text_logits_match_x86(rvv_bin, tiny_mm_gguf, tmp_path, outtype):
     from transformers_qwen3.runtime.llama_cpp import prompt_logits
 
     gguf, _ = tiny_mm_gguf(outtype)
-    got, tokens = rvv_final_logits(rvv_bin, gguf, tmp_path)
+    got, tokens = final_logits(rvv_bin, gguf, tmp_path, PROMPT)
     x86 = prompt_logits(gguf, [tokens])[0][-1]
     f32 = prompt_logits(tiny_mm_gguf("f32")[0], [tokens])[0][-1]
     assert got.shape == x86.shape, (got.shape, x86.shape)
