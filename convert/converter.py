@@ -53,12 +53,11 @@ DIRECT_OUTTYPES: dict[str, tuple[QT, FT]] = {
     "q8_0": (QT.Q8_0, FT.MOSTLY_Q8_0),
 }
 # `--plan` with outtype "plan": each weight gets the plan's type through llama.cpp's quantizer (every weight an
-# exact-name override); the file's general.file_type is the mix of the plan's most common type.
+# exact-name override). llama.cpp applies overrides only under a quantized ftype (llama_tensor_get_type in the
+# vendored llama-quant.cpp), so the file's general.file_type is the mix of the plan's most common quantized type,
+# Q8_0 when the plan quantizes nothing.
 PLAN = "plan"
 PLAN_FTYPES = {
-    "F32": "LLAMA_FTYPE_ALL_F32",
-    "F16": "LLAMA_FTYPE_MOSTLY_F16",
-    "BF16": "LLAMA_FTYPE_MOSTLY_BF16",
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
     "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
     "Q5_K": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -220,7 +219,8 @@ def _stage(ckpt: Checkpoint, out: Output, name: str, vocab: Vocab, temp_path, pr
     if out.outtype == PLAN:
         planned = {p.name: quant.plan_types[p.source].upper() for p in out.plan if p.source in quant.plan_types}
         overrides = {f"^{re.escape(n)}$": t for n, t in planned.items()}
-        ftype_name = PLAN_FTYPES.get(Counter(planned.values()).most_common(1)[0][0], "LLAMA_FTYPE_MOSTLY_Q8_0")
+        quantized = Counter(t for t in planned.values() if t in PLAN_FTYPES).most_common(1)
+        ftype_name = PLAN_FTYPES[quantized[0][0]] if quantized else PLAN_FTYPES["Q8_0"]
     llama_quantize(tmp, quantized, out.outtype, overrides, ftype_name=ftype_name, imatrix=quant.imatrix)
     tmp.unlink()
     written = written_types(quantized)
