@@ -156,6 +156,77 @@ def merge_deepstack(old_mask, old_stack, new_mask, new_stack):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Compression plans in transformers (issue 11; docs/compression.md, "memory_budget"). A plan names each decoder
+# weight's ggml type; the torch runtime holds F16 as a plain Linear and Q8_0 as bitsandbytes LLM.int8, through
+# transformers' own quantization_config. One home: transformers_qwen3.compress uses these too.
+# --------------------------------------------------------------------------------------------------------------------
+
+PLANS_FILE = "compression_plans.json"  # the torch plans our tools wrote into the folder, one per budget
+_WIDE_TYPES = ("F32", "F16", "BF16")
+_ALWAYS_WIDE = ("lm_head", "model.visual", "model.audio_tower")  # tied head and towers: outside a plan's scope
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def plan_quantization_config(types):
+    """``types``: decoder tensor name -> ggml type. The BitsAndBytesConfig holding the Q8_0 ones (full module names
+    of the wide ones skipped: bitsandbytes matches a pattern from the start of the name), or None."""
+    from transformers import BitsAndBytesConfig
+
+    bad = sorted({t for t in types.values() if t != "Q8_0" and t not in _WIDE_TYPES})
+    if bad:
+        raise ValueError(
+            f"the plan holds weights as {', '.join(bad)}; the torch runtime has F16 and Q8_0 only: plan again with "
+            "`transformers-qwen3 plan ... --runtime torch`"
+        )
+    names = {n[: -len(".weight")] if n.endswith(".weight") else n: t for n, t in types.items()}
+    if not any(t == "Q8_0" for t in names.values()):
+        return None
+    wide = sorted(n.replace(".", r"\.") for n, t in names.items() if t in _WIDE_TYPES)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[*_ALWAYS_WIDE, *wide])
+
+
+def budget_quantization_config(pretrained_model_name_or_path, memory_budget, **hub_kwargs):
+    """The quantization_config of the largest plan in the folder's compression_plans.json that fits
+    ``memory_budget`` ("4GB", "3.5GiB", or bytes). Plans come from transformers-qwen3's tools; this code cannot
+    calibrate or plan, and a plan that cuts FFN widths or layers needs transformers-qwen3's ``compress``."""
+    import json
+    import re
+
+    from transformers.utils import cached_file
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(memory_budget))
+    if not m or m.group(2).lower() not in _BYTE_UNITS:
+        raise ValueError(f"memory_budget={memory_budget!r}: give bytes with a unit, e.g. '4GB', '3.5GiB', '800MB'")
+    budget = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+    path = cached_file(
+        pretrained_model_name_or_path, PLANS_FILE, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    if path is None:
+        raise ValueError(
+            f"memory_budget: {pretrained_model_name_or_path} carries no {PLANS_FILE}. Plans come from "
+            "transformers-qwen3 (`pip install transformers-qwen3`): `transformers-qwen3 calibrate`, `transformers-qwen3 "
+            "plan --runtime torch`, then `transformers_qwen3.compress.write_budget_plans(folder, plans)`"
+        )
+    with open(path, encoding="utf-8") as f:
+        plans = json.load(f).get("plans") or []
+    fitting = [p for p in plans if p["bytes"] <= budget]
+    if not fitting:
+        smallest = min((p["bytes"] for p in plans), default=None)
+        raise ValueError(
+            f"memory_budget {budget} bytes is below the smallest plan this folder carries ({smallest} bytes); give "
+            "at least that, or make a smaller plan with `transformers-qwen3 plan --runtime torch`"
+        )
+    plan = max(fitting, key=lambda p: p["bytes"])
+    if any(layer["skip"] or layer["ffn_width"] != layer["ffn_full"] for layer in plan["layers"]):
+        raise ValueError(
+            f"the plan for memory_budget {budget} bytes cuts FFN widths or layers, which needs transformers-qwen3: "
+            "`pip install transformers-qwen3`, then `transformers_qwen3.compress.compress(model, plan)` (or load the "
+            "folder `transformers_qwen3.compress.apply.compress_folder` writes)"
+        )
+    return plan_quantization_config({n: t["type"] for n, t in plan["tensors"].items()})
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # PreTrainedModel
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -177,6 +248,21 @@ class Qwen3MultimodalPreTrainedModel(PreTrainedModel):
     # media are encoded in the prefill step, which generate() never compiles.
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": Qwen3DecoderLayer, "attentions": Qwen3Attention}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, memory_budget=None, **kwargs):
+        """transformers' ``from_pretrained``, plus ``memory_budget="4GB"``: load with the quantization of the largest
+        compression plan the folder carries that fits (``budget_quantization_config``)."""
+        if memory_budget is not None:
+            if kwargs.get("quantization_config") is not None:
+                raise ValueError("give memory_budget or quantization_config, not both")
+            hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+            config = budget_quantization_config(pretrained_model_name_or_path, memory_budget, **hub)
+            if config is not None:
+                kwargs["quantization_config"] = config
+                kwargs.setdefault("device_map", "cpu" if not torch.cuda.is_available() else "auto")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     # No _init_weights override: the base class's re-derives the RotaryEmbedding ``inv_freq`` buffers that models
     # built on the meta device need, and the towers are PreTrainedModels that initialise their own buffers.
 
