@@ -32,8 +32,11 @@ from . import calibrate as calib_mod
 from .importance import importance_order
 from .quants import CANDIDATE_TYPES, fits, tensor_bytes
 
-# Which types each runtime can hold a weight in. The torch path's quantizer is not chosen yet (issue 11, item 4b);
-# until then a torch plan uses 16-bit and 8-bit only (bitsandbytes' LLM.int8 round trips on CPU here).
+# Which types each runtime can hold a weight in. Torch (issue 11, item 4b, measured in docs/compression.md "Torch
+# quantizers measured"; compress/torch_types.py): F16 kept as nn.Linear (2 bytes in a bf16/f16 model), Q8_0 as
+# bitsandbytes LLM.int8, 8 + 32/row-width bits per weight, at most the 8.5 counted here, so a torch plan's bytes are
+# an upper bound. No 4-bit: HQQ is unavailable in transformers 5.24, bnb NF4 reloads with drifting logits, torchao
+# int4 has no CPU path.
 RUNTIME_TYPES = {"gguf": CANDIDATE_TYPES, "torch": ("F16", "Q8_0")}
 KV_BYTES_PER_VALUE = 2  # f16 K and V caches, llama.cpp's and transformers' default
 
