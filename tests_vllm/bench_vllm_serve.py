@@ -9,10 +9,9 @@ Load: ``--clients`` threads with the official ``openai`` client share ``--reques
 question, greedy, max_tokens 4) over loopback; errors, throughput, p50/p99 latency.
 
 Speed, per prompt (text, image, audio): the server, streaming, time to the first content chunk and decode tokens/s
-over the rest (64 tokens, ``ignore_eos``: vLLM's own way to never stop early, where the llama.cpp bench uses
-logit_bias); then, with the server stopped, the same chat in-process through ``LLM.chat`` (the same chat template
-and media decoding path): TTFT = a 1-token request, decode = 63 / (time of 64 tokens - time of 1). Medians of
-``--repeat`` after one warm-up. The server is started and stopped as a user would (Ctrl-C).
+over the rest (64 tokens, the end-of-turn tokens suppressed by logit_bias, as the llama.cpp bench asks); then, with
+the server stopped, the same chat in-process through ``LLM.chat`` (the same chat template and media decoding path):
+TTFT = a 1-token request, decode = 63 / (time of 64 tokens - time of 1). Medians of ``--repeat`` after one warm-up. The server is started and stopped as a user would (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -33,6 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests" / "serving")]
 
 N_DECODE = 64
+# bench/bench_serve.py's request: the end-of-turn tokens suppressed, so that every one of the 64 tokens is text (the
+# demo model answers in a word; with ignore_eos alone it would go on with end-of-turn tokens, which stream no text)
+END_BIAS = {"151645": -100, "151643": -100}
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 API_KEY = "bench-key"
 
@@ -48,15 +50,16 @@ def prompts(tmp: Path) -> dict:
     return {kind: openai_content(kind, path, q) for kind, (path, q) in kinds.items()}
 
 
-def server_speed(client, model: str, content) -> tuple[float, float]:
+def server_speed(client, model: str, content, n_decode: int = N_DECODE) -> tuple[float, float]:
     t0 = time.perf_counter()
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": content}],
-        max_tokens=N_DECODE,
+        max_tokens=n_decode,
         temperature=0,
         stream=True,
-        extra_body=NO_THINKING | {"ignore_eos": True},
+        logit_bias=END_BIAS,
+        extra_body=NO_THINKING,
     )
     first, n, last = None, 0, None
     for chunk in stream:
@@ -68,7 +71,7 @@ def server_speed(client, model: str, content) -> tuple[float, float]:
     return first - t0, (n - 1) / (last - first) if n > 1 else float("nan")
 
 
-def in_process(folder: Path, contents: dict, repeat: int) -> dict:
+def in_process(folder: Path, contents: dict, repeat: int, n_decode: int = N_DECODE) -> dict:
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
@@ -83,7 +86,9 @@ def in_process(folder: Path, contents: dict, repeat: int) -> dict:
     print(f"in-process engine start: {time.perf_counter() - t0:.0f} s", flush=True)
 
     def run(content, n):
-        params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+        params = SamplingParams(
+            temperature=0.0, max_tokens=n, ignore_eos=True, logit_bias={int(k): v for k, v in END_BIAS.items()}
+        )
         t = time.perf_counter()
         (out,) = llm.chat(
             [{"role": "user", "content": content}],
@@ -98,8 +103,8 @@ def in_process(folder: Path, contents: dict, repeat: int) -> dict:
     for kind, content in contents.items():
         run(content, 2)  # warm-up
         first = statistics.median(run(content, 1) for _ in range(repeat))
-        full = statistics.median(run(content, N_DECODE) for _ in range(repeat))
-        rows[kind] = {"ttft_ms": 1000 * first, "tok_s": (N_DECODE - 1) / max(full - first, 1e-9)}
+        full = statistics.median(run(content, n_decode) for _ in range(repeat))
+        rows[kind] = {"ttft_ms": 1000 * first, "tok_s": (n_decode - 1) / max(full - first, 1e-9)}
         print(f"in-process {kind}: {json.dumps(rows[kind])}", flush=True)
     return rows
 
@@ -109,7 +114,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=N_DECODE, help="decode length (default: %(default)s)")
+    parser.add_argument("--skip-speed", action="store_true", help="the load test only")
     parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument(
+        "--base-url", default=None, help="a running vLLM server of the demo model instead of starting one"
+    )
+    parser.add_argument("--model", default=None, help="with --base-url: its model name")
+    parser.add_argument("--api-key", default=API_KEY)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from bench_serve import load_test
@@ -123,19 +135,26 @@ def main() -> int:
     name = folder.resolve().name
     tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-serve-"))
     contents = prompts(tmp)
-    port = free_port()
-    log = tmp / "serve.log"
-    proc = start_vllm(folder, port, API_KEY, 4096, log, os.setsid)
+    port, proc, log = free_port(), None, tmp / "serve.log"
     result = {"uptime_start": os.getloadavg()}
-    try:
-        result["server_start_s"] = wait_vllm(proc, port, name, log)
-        print(f"server ready in {result['server_start_s']:.0f} s (load {os.getloadavg()})", flush=True)
+    if args.base_url:
+        base_url, name = args.base_url, args.model or name
+    else:
+        proc = start_vllm(folder, port, args.api_key, 4096, log, os.setsid)
         base_url = f"http://127.0.0.1:{port}/v1"
-        factory = lambda: OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=900)  # noqa: E731
+    try:
+        if proc is not None:
+            result["server_start_s"] = wait_vllm(proc, port, name, log)
+            print(f"server ready in {result['server_start_s']:.0f} s (load {os.getloadavg()})", flush=True)
+        factory = lambda: OpenAI(base_url=base_url, api_key=args.api_key, max_retries=0, timeout=900)  # noqa: E731
         client = factory()
+        messages = [{"role": "user", "content": contents["image"]}]
+        result["load"] = load_test(factory, name, messages, args.clients, args.requests)
+        result["uptime_load"] = os.getloadavg()
+        print(f"load: {json.dumps(result['load'])} (load average {os.getloadavg()})", flush=True)
         speed = {}
-        for kind, content in contents.items():
-            runs = [server_speed(client, name, content) for _ in range(args.repeat + 1)][1:]
+        for kind, content in {} if args.skip_speed else contents.items():
+            runs = [server_speed(client, name, content, args.tokens) for _ in range(args.repeat + 1)][1:]
             speed[kind] = {
                 "ttft_ms": 1000 * statistics.median(r[0] for r in runs),
                 "tok_s": statistics.median(r[1] for r in runs),
@@ -143,14 +162,11 @@ def main() -> int:
             print(f"server {kind}: {json.dumps(speed[kind])}", flush=True)
         result["server"] = speed
         result["uptime_speed"] = os.getloadavg()
-        messages = [{"role": "user", "content": contents["image"]}]
-        result["load"] = load_test(factory, name, messages, args.clients, args.requests)
-        result["uptime_load"] = os.getloadavg()
-        print(f"load: {json.dumps(result['load'])} (load average {os.getloadavg()})", flush=True)
     finally:
-        stop_vllm(proc, port, log)
+        if proc is not None:
+            stop_vllm(proc, port, log)
     if not args.skip_in_process:
-        result["in_process"] = in_process(folder, contents, args.repeat)
+        result["in_process"] = in_process(folder, contents, args.repeat, args.tokens)
         result["uptime_in_process"] = os.getloadavg()
     print(json.dumps(result, indent=1))
     if args.json:
