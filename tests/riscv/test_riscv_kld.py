@@ -2,7 +2,7 @@
 --kl-divergence`` on a short text, per quantization type of the demo model (hidden 256, FFN 768: every row is a
 whole number of 256-wide K-quant blocks, so the Q4_K / Q6_K kernels run, not a fallback).
 
-Rule: mean KL divergence (RVV vs scalar, same GGUF) < 1e-3. The control shows the rule can fail: a real
+Rule: mean KL divergence (RVV vs scalar, same GGUF) < 1e-3 and the same top token at ≥ 97 % of the positions. The control shows the rule can fail: a real
 quantization change (the RVV build on Q4_0 against the scalar build's Q8_0 logits) must exceed it. Measured
 numbers are in docs/backends.md ("RISC-V (RVV) under qemu")."""
 
@@ -14,7 +14,9 @@ import pytest
 from riscv_tools import explain, run
 
 KLD_RULE = 1e-3
-N_CTX = 64  # two chunks of the text below: llama-perplexity scores the second half of each
+SAME_TOP_RULE = 97.0  # % of positions whose top token is the scalar build's
+N_CTX = 64  # llama-perplexity scores the second half of each chunk
+N_CHUNKS = 2  # 128 tokens, 64 scored: each run is ~45 s of qemu per chunk on the busy 2 cores (measured)
 TEXT = (
     "The lighthouse keeper climbed the spiral stairs every evening at dusk, counting the steps as his father had "
     "taught him. From the lamp room he could see the whole bay: the fishing boats coming home, the gulls circling "
@@ -31,19 +33,28 @@ TEXT = (
 
 def perplexity(bin_dir, gguf, text_file, *args, vlen):
     proc = run(
-        bin_dir, "llama-perplexity", "-m", gguf, "-f", text_file, "-c", N_CTX, "-b", N_CTX, "-t", 2, *args, vlen=vlen
-    )
+        bin_dir, "llama-perplexity", "-m", gguf, "-f", text_file, "-c", N_CTX, "-b", N_CTX, "--chunks", N_CHUNKS,
+        "-t", 2, *args, vlen=vlen,
+    )  # fmt: skip
     assert proc.returncode == 0, explain(proc)
     return proc
 
 
+# a row of llama-perplexity --kl-divergence's per-chunk table: chunk, PPL, ln(PPL(Q)/PPL(base)), KL divergence, Δp RMS,
+# same top p; each column the running value over every position scored so far, "value ± uncertainty". Its summary
+# ("Mean KLD: ...") is printed only from 100 scored positions on, which would double the emulated work.
+CHUNK_ROW = re.compile(
+    r"^\s*(\d+)\s+\S+\s+±\s+\S+\s+\S+\s+±\s+\S+\s+([-0-9.e]+)\s+±\s+\S+\s+\S+\s+±\s+\S+\s+%\s+([0-9.]+)\s+±\s+\S+\s+%\s*$",
+    re.M,
+)
+
+
 def kld_stats(proc) -> tuple[float, float]:
-    """(mean KLD, same-top-token %) from llama-perplexity --kl-divergence's summary."""
-    out = proc.stdout + proc.stderr
-    mean = re.search(r"^Mean\s+KLD:\s+([-0-9.e]+)", out, re.M)
-    same = re.search(r"^Same top p:\s+([0-9.]+)", out, re.M)
-    assert mean and same, explain(proc)
-    return float(mean.group(1)), float(same.group(1))
+    """(mean KLD, same-top-token %) over every scored position: the last row of the per-chunk table."""
+    rows = CHUNK_ROW.findall(proc.stdout + proc.stderr)
+    assert len(rows) == N_CHUNKS, explain(proc)
+    _, mean, same = rows[-1]
+    return float(mean), float(same)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +82,9 @@ def test_rvv_matches_scalar(rvv_bin, demo_gguf, base_logits, outtype):
         rvv_bin, demo_gguf(outtype)[0], text_file, "--kl-divergence-base", base, "--kl-divergence", vlen=128
     )
     mean, same = kld_stats(proc)
-    print(f"{outtype}: mean KLD {mean:.6f}, same top {same:.2f} %")
+    print(f"{outtype}: mean KLD {mean:.5f}, same top {same:.2f} %")
     assert mean < KLD_RULE, f"{outtype}: RVV vs scalar mean KLD {mean} >= {KLD_RULE} (same top {same} %)"
+    assert same >= SAME_TOP_RULE, f"{outtype}: RVV vs scalar same top {same} % < {SAME_TOP_RULE} % (mean KLD {mean})"
 
 
 def test_control_quantization_change_exceeds_the_rule(rvv_bin, demo_gguf, base_logits):
@@ -81,5 +93,5 @@ def test_control_quantization_change_exceeds_the_rule(rvv_bin, demo_gguf, base_l
         rvv_bin, demo_gguf("q4_0")[0], text_file, "--kl-divergence-base", base, "--kl-divergence", vlen=128
     )
     mean, same = kld_stats(proc)
-    print(f"control Q4_0 (RVV) vs Q8_0 (scalar): mean KLD {mean:.6f}, same top {same:.2f} %")
+    print(f"control Q4_0 (RVV) vs Q8_0 (scalar): mean KLD {mean:.5f}, same top {same:.2f} %")
     assert mean > KLD_RULE, f"Q4_0 vs Q8_0 mean KLD {mean} does not exceed {KLD_RULE}: the rule separates nothing"
