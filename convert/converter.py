@@ -219,8 +219,8 @@ def _stage(ckpt: Checkpoint, out: Output, name: str, vocab: Vocab, temp_path, pr
     if out.outtype == PLAN:
         planned = {p.name: quant.plan_types[p.source].upper() for p in out.plan if p.source in quant.plan_types}
         overrides = {f"^{re.escape(n)}$": t for n, t in planned.items()}
-        quantized = Counter(t for t in planned.values() if t in PLAN_FTYPES).most_common(1)
-        ftype_name = PLAN_FTYPES[quantized[0][0]] if quantized else PLAN_FTYPES["Q8_0"]
+        common = Counter(t for t in planned.values() if t in PLAN_FTYPES).most_common(1)
+        ftype_name = PLAN_FTYPES[common[0][0]] if common else PLAN_FTYPES["Q8_0"]
     llama_quantize(tmp, quantized, out.outtype, overrides, ftype_name=ftype_name, imatrix=quant.imatrix)
     tmp.unlink()
     written = written_types(quantized)

@@ -9,6 +9,7 @@ the compressed checkpoint, quantized files against their dequantized weights) an
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.tiny_models import max_diff, text_pair
+from transformers_qwen3.convert import convert_checkpoint
 
 from transformers_qwen3 import Qwen3MultimodalConfig, Qwen3MultimodalForConditionalGeneration
 from transformers_qwen3.checkpoint.hub_folder import save_hub_folder
@@ -25,8 +27,7 @@ from transformers_qwen3.compress import calibrate as C
 from transformers_qwen3.compress.apply import apply_structure, compress_folder
 from transformers_qwen3.compress.importance import slice_mlp
 from transformers_qwen3.compress.quants import quantize
-from transformers_qwen3.convert import convert_checkpoint
-from transformers_qwen3.formats.compression import SCHEMA, PlanError, checkpoint_sha256, check_plan
+from transformers_qwen3.formats.compression import SCHEMA, PlanError, check_plan, checkpoint_sha256
 from transformers_qwen3.formats.folder import open_checkpoint
 from transformers_qwen3.runtime.verify import verify
 
@@ -259,6 +260,18 @@ def test_image_through_a_skip_after_the_deepstack_layers():
     assert torch.equal(got, expected) and not torch.equal(got, full)
 
 
+def test_convert_refuses_a_deepstack_skip(tmp_path):
+    """The GGUF side reads the same rule: tiny-mm (deepstack after layer 0) with layer 0 skipped, nothing written."""
+    from helpers.convert_fixtures import checkpoint
+
+    src = checkpoint(tmp_path, "mm")
+    plan = make_plan(128, [128, 128], skip={0}, sha=checkpoint_sha256(open_checkpoint(src)))
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(PlanError, match="deepstack"):
+        convert_checkpoint(src, tmp_path / "out", "f32", plan=tmp_path / "plan.json", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 # --- bad plans -------------------------------------------------------------------------------------------------------
 def _cli_convert(src, out, plan):
     cli = [sys.executable, "-m", "transformers_qwen3.cli", "convert", str(src), str(out), "--plan", str(plan)]
@@ -288,8 +301,6 @@ def test_bad_plans_are_refused_and_nothing_is_written(text_model, tmp_path, chan
     proc = _cli_convert(src, tmp_path / "out", bad)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    import re
-
     assert re.search(reason, proc.stderr), proc.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
