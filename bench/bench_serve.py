@@ -10,7 +10,9 @@ request at a time (llama-cpp-python serializes them), so latency under load is m
 
 Speed: per prompt (text, image, audio), the median of ``--repeat`` runs of: the server, streaming, time to the
 first content chunk and decode tokens/s over the rest (64 tokens, end-of-turn suppressed by logit_bias); and the
-same prompt in-process through ``runtime.llama_cpp.LlamaCppModel`` (eval + first argmax; 64 greedy steps).
+same prompt in-process through ``runtime.llama_cpp.LlamaCppModel`` (eval + first argmax; 64 greedy steps). Server
+and in-process runs alternate (one of each, ``--repeat`` times), so a shared machine's changing load falls on both;
+the load averages are printed and written with the results.
 Serving overhead = server TTFT − in-process TTFT (HTTP, JSON, base64, media decoding by PIL/soundfile, template).
 Single-process timings on a shared machine: compare the rows of one run.
 """
@@ -199,29 +201,28 @@ def main() -> int:
             args.clients,
             args.requests,
         )
+        load["loadavg"] = os.getloadavg()
         print(f"load: {json.dumps(load)}", flush=True)
         prompts = {"text": (None, "Count from one to twenty in words."), "image": qs["image"], "audio": qs["audio"]}
         client = factory()
-        rows = {}
-        for kind, (path, q) in prompts.items():
-            runs = [server_speed(client, args.model, openai_content(kind, path, q)) for _ in range(args.repeat + 1)][
-                1:
-            ]
-            rows[kind] = {
-                "server_ttft_ms": 1000 * statistics.median(r[0] for r in runs),
-                "server_tok_s": statistics.median(r[1] for r in runs),
-            }
-        if proc is not None:
-            stop(proc)  # the in-process runs get the cores to themselves, as the server had them
-            proc = None
         tokenizer = build_qwen3_tokenizer()
+        rows, load_avg = {}, {"load": os.getloadavg()}
+        # server and in-process runs alternate, so that both see the same load on a shared machine (run one after
+        # the other, their ratio measured the load's change: docs/serving.md); the idle side only waits
         with LlamaCppModel(text, mmproj, n_threads=args.threads, n_ctx=4096) as model:
             for kind, (path, q) in prompts.items():
-                runs = [in_process_speed(model, tokenizer, kind, path, q) for _ in range(args.repeat + 1)][1:]
-                rows[kind] |= {
-                    "in_process_ttft_ms": 1000 * statistics.median(r[0] for r in runs),
-                    "in_process_tok_s": statistics.median(r[1] for r in runs),
+                server, local = [], []
+                for _ in range(args.repeat + 1):  # the first of each is a warm-up
+                    server.append(server_speed(client, args.model, openai_content(kind, path, q)))
+                    local.append(in_process_speed(model, tokenizer, kind, path, q))
+                server, local = server[1:], local[1:]
+                rows[kind] = {
+                    "server_ttft_ms": 1000 * statistics.median(r[0] for r in server),
+                    "server_tok_s": statistics.median(r[1] for r in server),
+                    "in_process_ttft_ms": 1000 * statistics.median(r[0] for r in local),
+                    "in_process_tok_s": statistics.median(r[1] for r in local),
                 }
+        load_avg["speed"] = os.getloadavg()
         print("\n| prompt | server TTFT ms | in-process TTFT ms | overhead ms | server tok/s | in-process tok/s |")
         print("|---|---:|---:|---:|---:|---:|")
         for kind, r in rows.items():
@@ -234,8 +235,14 @@ def main() -> int:
             f"{load['req_per_s']:.2f} req/s, p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms "
             f"(wall {load['wall_s']:.1f} s; threads {args.threads})"
         )
+        print(
+            f"load average (1/5/15 min): before {load_avg['load']}, after the load test {load['loadavg']}, "
+            f"after the speed runs {load_avg['speed']}"
+        )
         if args.json:
-            args.json.write_text(json.dumps({"load": load, "speed": rows, "threads": args.threads}, indent=1))
+            args.json.write_text(
+                json.dumps({"load": load, "speed": rows, "threads": args.threads, "loadavg": load_avg}, indent=1)
+            )
         return 1 if load["errors"] else 0
     finally:
         if proc is not None:
