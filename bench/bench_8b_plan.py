@@ -312,6 +312,8 @@ def step_plan(args) -> dict:
             split = measure_tied_split(args.demo, types, args.calib_tokens)
             cache.write_text(json.dumps(split, indent=1))
     calib = scaled_calibration(demo, text, split, args.depth_exponent)
+    if args.no_width:  # types (and skips) only: every FFN keeps its full width
+        calib.width_kl = [{} for _ in calib.width_kl]
     budget = plan_mod.parse_bytes(args.budget)
     t = time.perf_counter()
     plan = make_plan_fast(calib, text, budget, "gguf", 0, args.max_skip)
@@ -555,7 +557,7 @@ def step_build(args, plan: dict | None) -> dict[str, Path]:
         plan = json.loads(_plan_path(args).read_text())
     kinds = [("plan", None)] + [(a, ANCHORS[a]) for a in args.anchors]
     for kind, ftype_name in kinds:
-        path = args.workdir / f"qwen3-8b-random-{kind}.gguf"
+        path = _gguf_path(args, kind)
         files[kind] = path
         if path.is_file():
             log(f"{kind}: {path} exists, kept")
@@ -582,6 +584,40 @@ def step_build(args, plan: dict | None) -> dict[str, Path]:
     return files
 
 
+def step_predict(args) -> None:
+    """The scaled calibration's predicted KL of llama.cpp's uniform mixes (their dry-run types, ``types-*.json``
+    from ``build``), beside the plan's: the same loss model at the anchors' sizes."""
+    from transformers_qwen3.convert.tensor_map import TEXT_TENSORS, hf_name
+
+    text = text_config(PRESET)
+    split_file = args.workdir / "tied_split.json"
+    split = json.loads(split_file.read_text()) if split_file.is_file() else None
+    calib = scaled_calibration(calib_mod.load(args.calib), text, split, args.depth_exponent)
+    for kind in args.anchors:
+        types = json.loads((args.workdir / f"types-{kind}.json").read_text())
+        kl = nbytes = 0
+        for gname, t in types.items():
+            name = hf_name(TEXT_TENSORS, gname)
+            kl += calib.tensor_kl[name][t]
+            nbytes += plan_mod.tensor_bytes(t, tuple(calib.shapes[name]))
+        embd = calib.tensor_kl[EMBED][types["token_embd.weight"]]
+        print(
+            f"{kind}: weights {nbytes / 1e9:.3f} GB, predicted KL {kl:.3e} nats/token, of which token_embd "
+            f"({types['token_embd.weight']}) {embd:.3e} (same scaled calibration)"
+        )
+    plan = json.loads(_plan_path(args).read_text())
+    embd = plan["tensors"][EMBED]
+    print(
+        f"plan: weights {plan['weight_bytes'] / 1e9:.3f} GB, predicted KL {plan['predicted_kl']:.3e}, of which "
+        f"token_embd ({embd['type']}) {embd['kl']:.3e}"
+    )
+
+
+def _gguf_path(args, kind: str) -> Path:
+    suffix = "-nowidth" if args.no_width and kind == "plan" else ""
+    return args.workdir / f"qwen3-8b-random-{kind}{suffix}.gguf"
+
+
 def _cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -590,7 +626,8 @@ def _cpu_name() -> str:
 
 
 def _plan_path(args) -> Path:
-    return args.workdir / f"plan_8b_{args.budget}_skip{args.max_skip}.json"
+    suffix = "_nowidth" if args.no_width else ""
+    return args.workdir / f"plan_8b_{args.budget}_skip{args.max_skip}{suffix}.json"
 
 
 # --- time: TTFT and decode in llama.cpp, against the read-bandwidth bound ---------------------------------------------
@@ -709,13 +746,14 @@ def print_rows(rows: list[dict], args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("plan", "build", "time", "all"))
+    parser.add_argument("step", choices=("plan", "build", "time", "predict", "all"))
     parser.add_argument("--calib", type=Path, required=True, help="the demo model's calibration file")
     parser.add_argument("--calib-tokens", type=int, default=16, help="--max-tokens the calibration was made with")
     parser.add_argument("--demo", type=Path, help="the demo model folder: measure the tied table's split")
     parser.add_argument("--budget", default="4.2GB")
     parser.add_argument("--max-skip", type=int, default=None, help="most layers to skip (default: the planner's)")
     parser.add_argument("--depth-exponent", type=float, default=1.0)
+    parser.add_argument("--no-width", action="store_true", help="plan types and skips only (full FFN widths)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/K4"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
@@ -723,12 +761,15 @@ def main(argv=None) -> int:
     parser.add_argument("--anchors", nargs="*", default=["q4_k_m", "q3_k_m"], choices=sorted(ANCHORS))
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.step == "predict":
+        step_predict(args)
+        return 0
     plan = step_plan(args) if args.step in ("plan", "all") else None
     files = step_build(args, plan) if args.step in ("build", "all") else None
     if args.step in ("time", "all"):
         if files is None:
             kinds = ["plan", *args.anchors]
-            files = {k: args.workdir / f"qwen3-8b-random-{k}.gguf" for k in kinds}
+            files = {k: _gguf_path(args, k) for k in kinds}
         rows = step_time(args, files)
         print_rows(rows, args)
         info = {
