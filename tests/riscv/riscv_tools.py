@@ -83,7 +83,10 @@ def mtmd_answer(bin_dir: Path, gguf: Path, mmproj: Path, prompt: str, media: Pat
         "--chat-template", PASS_THROUGH_TEMPLATE, "-n", n_predict, "--temp", 0, "-t", 2, "-c", 512, *X86_SETTINGS,
     )  # fmt: skip
     assert proc.returncode == 0, explain(proc)
-    return proc.stdout
+    # llama-mtmd-cli frames the generated text with "\n" before and "\n\n" after (measured); the text between is
+    # compared whole, whitespace included (the tiny model's answers are often newlines)
+    assert proc.stdout.startswith("\n") and proc.stdout.endswith("\n\n"), explain(proc)
+    return proc.stdout[1:-2]
 
 
 def final_logits(

@@ -6,7 +6,8 @@ llama-cpp-python (:mod:`transformers_qwen3.runtime.llama_cpp`, the project's lla
   driver's ``prompt_logits`` uses) match x86's within a tenth of the quantization error itself (the x86 distance
   between the quantized GGUF and the F32 one), with the same top token.
 - An image prompt and an audio prompt (our chat template, media through mtmd: ``llama-mtmd-cli`` under qemu,
-  ``mtmd_helper_eval_chunks`` on x86) give the same greedy answer token for token.
+  ``mtmd_helper_eval_chunks`` on x86) give the same greedy answer token for token, whitespace included (the random
+  weights answer the image prompt with newlines only; the demo model's check is the one with meaningful answers).
 """
 
 from __future__ import annotations
@@ -71,5 +72,5 @@ def test_media_answer_matches_x86(rvv_bin, tiny_mm_gguf, media, outtype, kind):
     prompt, expected = x86_answer(gguf, mmproj, kind, media[kind])
     got = mtmd_answer(rvv_bin, gguf, mmproj, prompt, media[kind], N_ANSWER)
     print(f"{outtype} {kind}: x86 {expected!r}, RVV {got!r}")
-    assert expected.strip(), f"x86 answered nothing to the {kind} prompt"
-    assert got.strip() == expected.strip()
+    assert expected, f"x86 answered nothing to the {kind} prompt"
+    assert got == expected  # token for token, whitespace included
