@@ -317,6 +317,7 @@ def picture(rows: list[dict], png: Path, reference_accuracy: dict | None = None)
         "uniform": ("tab:blue", "o", "uniform (llama.cpp mixes)"),
         "imatrix": ("tab:cyan", "s", "uniform + imatrix"),
         "planner": ("tab:red", "D", "planner (types, widths, depth)"),
+        "planner-text": ("tab:orange", "x", "planner, calibrated on built-in English text"),
         "width": ("tab:green", "^", "width only (Q8_0)"),
         "depth": ("tab:purple", "v", "depth only (Q8_0)"),
     }
