@@ -42,11 +42,6 @@ from pathlib import Path
 import numpy as np
 
 UNIFORM = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k")
-# llama.cpp mixes convert/quantize.py may not list yet: (llama_ftype constant, the types the mix is meant to use)
-EXTRA_FTYPES = {
-    "q3_k_m": ("LLAMA_FTYPE_MOSTLY_Q3_K_M", frozenset({"Q3_K", "Q4_K", "Q5_K", "Q6_K"})),
-    "q2_k": ("LLAMA_FTYPE_MOSTLY_Q2_K", frozenset({"Q2_K", "Q3_K", "Q4_K", "Q6_K"})),
-}
 METHODS = ("uniform", "imatrix", "planner", "width", "depth")
 CACHED_ONLY = False  # --cached-only: rows whose GGUF and measurement are already in --work, nothing new
 
@@ -84,8 +79,6 @@ def quantizer():
 
     from transformers_qwen3.convert import quantize as q
 
-    for k, v in EXTRA_FTYPES.items():
-        q.LLAMA_FTYPES.setdefault(k, v)
     return q.llama_quantize, "imatrix" in inspect.signature(q.llama_quantize).parameters
 
 

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         type=str.lower,
         choices=OUTTYPES,
-        help="weight type (default f16, with --plan: plan); q6_k/q5_k_m/q4_k_m/q4_0/plan run llama.cpp's quantizer "
+        help="weight type (default f16, with --plan: plan); q6_k/q5_k_m/q4_k_m/q4_0/q3_k_m/q2_k/plan run llama.cpp's quantizer "
         "and write a Q8_0 mmproj",
     )
     parser.add_argument(

@@ -35,6 +35,9 @@ LLAMA_FTYPES: dict[str, tuple[str, frozenset[str]]] = {
     "q5_k_m": ("LLAMA_FTYPE_MOSTLY_Q5_K_M", frozenset({"Q5_K", "Q6_K"})),
     "q4_k_m": ("LLAMA_FTYPE_MOSTLY_Q4_K_M", frozenset({"Q4_K", "Q6_K"})),
     "q4_0": ("LLAMA_FTYPE_MOSTLY_Q4_0", frozenset({"Q4_0", "Q6_K"})),  # output.weight gets Q6_K
+    # the low end of the quality table (docs/compression.md): llama.cpp's mixes keep some tensors wider
+    "q3_k_m": ("LLAMA_FTYPE_MOSTLY_Q3_K_M", frozenset({"Q3_K", "Q4_K", "Q5_K", "Q6_K"})),
+    "q2_k": ("LLAMA_FTYPE_MOSTLY_Q2_K", frozenset({"Q2_K", "Q3_K", "Q4_K", "Q6_K"})),
 }
 
 
