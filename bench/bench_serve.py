@@ -32,8 +32,11 @@ import threading
 import time
 from pathlib import Path
 
+from transformers_qwen3.remote.tokens_qwen3_multimodal import ENDOFTEXT_ID, IM_END_ID
+
 N_DECODE = 64
-END_TOKENS = {"151645": -100, "151643": -100}  # <|im_end|>, <|endoftext|>: decode N_DECODE tokens, never stop early
+# <|im_end|>, <|endoftext|> suppressed: decode N_DECODE tokens, never stop early (JSON keys: strings)
+END_TOKENS = {str(IM_END_ID): -100, str(ENDOFTEXT_ID): -100}
 
 
 def demo_files(tmp: Path):
@@ -124,13 +127,13 @@ def load_test(client_factory, model: str, messages, clients: int, requests: int)
     }
 
 
-def server_speed(client, model: str, content) -> tuple[float, float]:
-    """(TTFT s, decode tokens/s) of one streamed request."""
+def server_speed(client, model: str, content, n_decode: int = N_DECODE) -> tuple[float, float]:
+    """(TTFT s, decode tokens/s) of one streamed request (any OpenAI-compatible server: tests_vllm uses it too)."""
     t0 = time.perf_counter()
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": content}],
-        max_tokens=N_DECODE,
+        max_tokens=n_decode,
         temperature=0,
         stream=True,
         logit_bias=END_TOKENS,

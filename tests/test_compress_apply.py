@@ -134,11 +134,6 @@ def text_model(tmp_path_factory):
     return root, src, root / "plan.json", out
 
 
-def test_sha256_is_the_calibrations(text_model):
-    root, src, _, _ = text_model
-    assert checkpoint_sha256(open_checkpoint(src)) == C.model_sha256(src)
-
-
 def test_compressed_folder_reloads_as_the_in_memory_model(text_model):
     from transformers import AutoModelForCausalLM
 

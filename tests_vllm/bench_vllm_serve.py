@@ -31,10 +31,11 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests" / "serving")]
 
-N_DECODE = 64
-# bench/bench_serve.py's request: the end-of-turn tokens suppressed, so that every one of the 64 tokens is text (the
-# demo model answers in a word; with ignore_eos alone it would go on with end-of-turn tokens, which stream no text)
-END_BIAS = {"151645": -100, "151643": -100}
+# bench/bench_serve.py's request (server_speed, END_TOKENS): the end-of-turn tokens suppressed, so that every decoded
+# token is text (the demo model answers in a word; with ignore_eos alone it would go on with end-of-turn tokens, which
+# stream no text)
+from bench_serve import END_TOKENS, N_DECODE, server_speed  # noqa: E402
+
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 API_KEY = "bench-key"
 
@@ -48,27 +49,6 @@ def prompts(tmp: Path) -> dict:
     qs = {kind: (tmp / "q" / media, q) for kind, media, q in map(question_parts, records)}
     kinds = {"text": (None, "Count from one to twenty in words."), "image": qs["image"], "audio": qs["audio"]}
     return {kind: openai_content(kind, path, q) for kind, (path, q) in kinds.items()}
-
-
-def server_speed(client, model: str, content, n_decode: int = N_DECODE) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": content}],
-        max_tokens=n_decode,
-        temperature=0,
-        stream=True,
-        logit_bias=END_BIAS,
-        extra_body=NO_THINKING,
-    )
-    first, n, last = None, 0, None
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            n += 1
-    return first - t0, (n - 1) / (last - first) if n > 1 else float("nan")
 
 
 def in_process(folder: Path, contents: dict, repeat: int, n_decode: int = N_DECODE) -> dict:
@@ -87,7 +67,7 @@ def in_process(folder: Path, contents: dict, repeat: int, n_decode: int = N_DECO
 
     def run(content, n):
         params = SamplingParams(
-            temperature=0.0, max_tokens=n, ignore_eos=True, logit_bias={int(k): v for k, v in END_BIAS.items()}
+            temperature=0.0, max_tokens=n, ignore_eos=True, logit_bias={int(k): v for k, v in END_TOKENS.items()}
         )
         t = time.perf_counter()
         (out,) = llm.chat(

@@ -18,7 +18,6 @@ version, the model's hash, the KL tables), read back by ``load``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import UserError
+from ..formats.compression import checkpoint_sha256
 from ..formats.folder import open_checkpoint
 from ..outputs import atomic_file
 from .importance import decoder_layers, importance_order, neuron_scores
@@ -77,14 +77,9 @@ class Calibration:
 # --- the model's identity -------------------------------------------------------------------------------------------
 def model_sha256(folder: str | Path) -> str:
     """sha256 over every stored tensor (name, dtype, shape, bytes), in name order: the same weights give the same
-    hash whatever the sharding; another model, or the same model changed, gives another."""
-    checkpoint = open_checkpoint(folder)
-    h = hashlib.sha256()
-    for name in sorted(checkpoint.tensors):
-        src = checkpoint.tensors[name]
-        h.update(f"{name}|{src.dtype}|{list(src.shape)}\n".encode())
-        h.update(checkpoint.load(name).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    hash whatever the sharding; another model, or the same model changed, gives another. The one algorithm is
+    ``formats.compression.checkpoint_sha256``, which plans carry too."""
+    return checkpoint_sha256(open_checkpoint(folder))
 
 
 # --- measuring ---------------------------------------------------------------------------------------------------------
