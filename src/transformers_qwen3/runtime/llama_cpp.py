@@ -108,7 +108,8 @@ def load_llama(
             **kv,
         )
     except ValueError as e:  # the patched Llama's refusal of ffn_width; llama.cpp's log (off here) has the detail
-        if ffn_width is None:
+        # only that refusal (python/0001's message): a missing or unreadable file raises ValueError too
+        if ffn_width is None or "refused ffn_width" not in str(e):
             raise
         raise LlamaCppError(
             f"{path}: ffn_width={ffn_width!r} refused: each width must be a multiple of the FFN weights' block size "
