@@ -22,7 +22,6 @@ backend first lists its buffer types, hence the child.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.convert_fixtures import checkpoint
-from safetensors.torch import load_file, save_file
+from helpers.elastic_width import narrow_mlps, sliced_checkpoint
 from transformers import Qwen3ForCausalLM
 from transformers_qwen3.convert import convert_checkpoint
 
@@ -62,31 +61,11 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (mak
 torch.set_num_threads(1)
 
 PROMPT = [[785, 3974, 13876, 38835, 34208, 916, 279, 15678, 5562, 13, 576, 3974, 13876]]
-MLP = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return tmp_path_factory.mktemp("elastic-width")
-
-
-def _slice(weight: torch.Tensor, name: str, width: int) -> torch.Tensor:
-    """The first ``width`` neurons: rows of gate/up ([n_ff, n_embd]), columns of down ([n_embd, n_ff])."""
-    return weight[:, :width].contiguous() if name.endswith("down_proj.weight") else weight[:width].contiguous()
-
-
-def sliced_checkpoint(src, dst, width: int):
-    """``src`` with every layer's FFN cut to its first ``width`` neurons, as an ordinary Qwen3 checkpoint."""
-    if not dst.is_dir():
-        shutil.copytree(src, dst)
-        for shard in dst.glob("*.safetensors"):
-            tensors = load_file(shard)
-            tensors = {k: _slice(v, k, width) if k.endswith(MLP) else v for k, v in tensors.items()}
-            save_file(tensors, shard, metadata={"format": "pt"})
-        config = json.loads((dst / "config.json").read_text())
-        config["intermediate_size"] = width
-        (dst / "config.json").write_text(json.dumps(config, indent=2))
-    return dst
 
 
 def torch_logits(model) -> np.ndarray:
@@ -145,14 +124,7 @@ def test_f32_at_width_matches_transformers_with_the_sliced_ffn(root, width):
 def test_f32_per_layer_widths_match_transformers_layers_sliced(root):
     src, full = gguf(root, "qwen3", "f32")
     widths = [32, 96]  # two layers
-    model = Qwen3ForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    for layer, w in zip(model.model.layers, widths, strict=True):
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            linear = getattr(layer.mlp, proj)
-            weight = _slice(linear.weight.data, f"{proj}.weight", w)
-            narrow = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-            narrow.weight.data = weight
-            setattr(layer.mlp, proj, narrow)
+    model = narrow_mlps(Qwen3ForCausalLM.from_pretrained(src, dtype=torch.float32).eval(), widths)
     ref = torch_logits(model)
     (ours,) = prompt_logits(full, PROMPT, n_threads=2, ffn_width=widths)
     err = rel_err(ours, ref)
