@@ -20,12 +20,12 @@ import base64
 import json
 import os
 import re
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.processes import wait_ready
 
 from transformers_qwen3.serve.rpc import BIN_ENV, RPC_SERVER
 
@@ -165,24 +165,6 @@ class LlamaServers:
 
         for p in reversed(self.procs):
             stop(p)
-
-
-def wait_ready(url: str, proc, log: Path, timeout_s: float = 300) -> None:
-    """llama-server listens at once and answers 503 until the model is loaded."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"llama-server exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if json.loads(r.read()).get("status") == "ok":
-                    return
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"llama-server not ready in {timeout_s:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture(scope="module", params=["demo", "tiny-mm"])

@@ -36,3 +36,27 @@ def run_clean_python(code: str, cwd: Path, timeout: int = 300) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"clean subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+def wait_ready(url: str, proc, log: Path, timeout_s: float = 300) -> None:
+    """Until llama-server's ``/health`` says ok (it listens at once and answers 503 while it loads the model);
+    fails with the end of its log if the process exits first or the time runs out."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"llama-server exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if json.loads(r.read()).get("status") == "ok":
+                    return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"llama-server not ready in {timeout_s:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")

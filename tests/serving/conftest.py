@@ -26,7 +26,6 @@ Hub folder).
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.processes import wait_ready
 from serving_helpers import API_KEY, MAX_TOKENS, N_CTX, Turn, hf_messages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,7 +251,7 @@ def server(request, demo_files, tmp_path_factory):
             )
             procs.append(start(cmd, logs / "llama-server.log", env))
             wait_for_port("127.0.0.1", port, procs[-1], logs / "llama-server.log", timeout_s=300)
-            _wait_ready(f"http://127.0.0.1:{port}/health", procs[-1], logs / "llama-server.log")
+            wait_ready(f"http://127.0.0.1:{port}/health", procs[-1], logs / "llama-server.log")
         elif engine == "vllm":
             from engines import start_vllm, stop_vllm, wait_vllm
 
@@ -269,23 +269,3 @@ def server(request, demo_files, tmp_path_factory):
         _stop_all(procs)
         for log in logs.glob("*.log"):  # shown with a failing test's output
             print(f"--- {log.name} (end)\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def _wait_ready(url: str, proc, log: Path, timeout_s: float = 300) -> None:
-    """llama-server answers 503 while it loads the model."""
-    import time
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if json.loads(r.read()).get("status") == "ok":
-                    return
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"llama-server not ready in {timeout_s} s:\n{log.read_text(errors='replace')[-3000:]}")
