@@ -168,98 +168,6 @@ def scaled_calibration(demo: calib_mod.Calibration, text: dict, split: dict | No
     )
 
 
-# --- the planner, evaluated incrementally ----------------------------------------------------------------------------
-class _Tracked(dict):
-    """A dict (or, with list data, a list) that tells its state which planning group a write touched."""
-
-    def __init__(self, data, on_write, group_of):
-        super().__init__(enumerate(data) if isinstance(data, list) else data)
-        self._on_write, self._group_of, self._is_list = on_write, group_of, isinstance(data, list)
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self._on_write(self._group_of(key))
-
-    def count(self, value):  # list API used by the planner (skip.count)
-        return sum(1 for v in self.values() if v == value)
-
-    def __iter__(self):  # a list iterates over values
-        return iter(self.values()) if self._is_list else super().__iter__()
-
-
-class FastState(plan_mod._State):
-    """``compress.plan._State`` with the same ``bytes()`` and ``kl()`` (the same sums, grouped per decoder layer,
-    plus one group for the embedding/head), but recomputing only the groups a change touched: the planner's greedy
-    loop re-evaluates every candidate change at every step, which costs O(tensors) per candidate in plan.py
-    (2.6 s per step for the 8b's 254 weights here) and O(one layer) here. ``check_fast_state`` compares the
-    plans both give on the demo calibration."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        layer_of = plan_mod._layer_of
-        self._members: dict = {}
-        for n in self.type:
-            self._members.setdefault(layer_of(n), []).append(n)
-        self._cache: dict = {}
-        self._dirty = set(self._members)
-        self.type, self.width, self.skip = self.type, self.width, self.skip  # wrapped by __setattr__
-
-    def __setattr__(self, name, value):
-        # the planner also replaces these containers whole (minimum_bytes sets `width`): wrap and invalidate
-        if name in ("type", "width", "skip") and hasattr(self, "_dirty") and not isinstance(value, _Tracked):
-            group_of = plan_mod._layer_of if name == "type" else (lambda i: i)
-            value = _Tracked(value, self._dirty.add, group_of)
-            self._dirty.update(self._members)
-        super().__setattr__(name, value)
-
-    def _group(self, g):
-        if g in self._dirty or g not in self._cache:
-            names = self._members[g]
-            if g is not None and self.skip[g]:
-                value = (0, self.calib.layer_kl[g])
-            else:
-                b = sum(super(FastState, self).tensor_bytes(n) for n in names)
-                kl = sum(self.calib.tensor_kl[n].get(self.type[n], 0.0) for n in names)
-                if g is not None and self.width[g] != self.full[g]:
-                    kl += self.calib.width_kl[g][self.width[g]]
-                value = (b, kl)
-            self._cache[g] = value
-            self._dirty.discard(g)
-        return self._cache[g]
-
-    def bytes(self) -> int:
-        kept = self.skip.count(False)
-        return (
-            self.shape.fixed_bytes
-            + sum(self._group(g)[0] for g in self._members)
-            + self.shape.kv_bytes(self.context, kept)
-        )
-
-    def kl(self) -> float:
-        return sum(self._group(g)[1] for g in self._members)
-
-
-def make_plan_fast(*args, **kwargs) -> dict:
-    """``compress.plan.make_plan`` run with ``FastState`` in place of its state class."""
-    original = plan_mod._State
-    plan_mod._State = FastState
-    try:
-        return plan_mod.make_plan(*args, **kwargs)
-    finally:
-        plan_mod._State = original
-
-
-def check_fast_state(demo: calib_mod.Calibration, text: dict, budgets: list[int]) -> None:
-    """The same plan (types, widths, skips, bytes) from plan.py's state and from FastState, on the demo."""
-    for budget in budgets:
-        a = plan_mod.make_plan(demo, text, budget)
-        b = make_plan_fast(demo, text, budget)
-        same = a["tensors"] == b["tensors"] and a["layers"] == b["layers"] and a["bytes"] == b["bytes"]
-        if not same or not math.isclose(a["predicted_kl"], b["predicted_kl"], rel_tol=1e-9):
-            raise SystemExit(f"FastState disagrees with plan.py's planner at budget {budget}")
-    log(f"FastState gives plan.py's plans on the demo calibration at {len(budgets)} budgets")
-
-
 def _demo_ffn(demo, layer: int) -> int:
     return demo.shapes[f"model.layers.{layer}.mlp.down_proj.weight"][1]
 
@@ -316,7 +224,7 @@ def step_plan(args) -> dict:
         calib.width_kl = [{} for _ in calib.width_kl]
     budget = plan_mod.parse_bytes(args.budget)
     t = time.perf_counter()
-    plan = make_plan_fast(calib, text, budget, "gguf", 0, args.max_skip)
+    plan = plan_mod.make_plan(calib, text, budget, "gguf", 0, args.max_skip)
     elapsed = time.perf_counter() - t
     params = sum(math.prod(s) for s in calib.shapes.values())
     full_params = params + plan_mod.Shape.from_text_config(text).fixed_bytes // 4

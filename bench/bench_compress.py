@@ -192,13 +192,14 @@ def make_plans(folder: Path, calib, budgets: list[int], method: str) -> list[dic
     from transformers_qwen3.compress import plan as P
     from transformers_qwen3.formats.folder import open_checkpoint
 
-    text = open_checkpoint(folder).text
+    checkpoint = open_checkpoint(folder)
+    text = checkpoint.text
     n_layers = len(calib.layer_kl)
     max_skip = {"planner": None, "width": 0, "depth": n_layers - 1}[method]
     plans, seen = [], set()
     for budget in budgets:
         try:
-            plan = P.make_plan(restricted(calib, method), text, budget, "gguf", 0, max_skip)
+            plan = P.make_plan(restricted(calib, method), text, budget, "gguf", 0, max_skip, checkpoint.vision)
         except P.PlanError as e:
             print(f"  {method} at {budget / 1e6:.1f} MB: {e}", file=sys.stderr)
             continue

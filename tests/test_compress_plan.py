@@ -9,6 +9,7 @@ import torch
 from transformers_qwen3.compress.calibrate import Calibration
 from transformers_qwen3.compress.plan import PlanError, Shape, make_plan, minimum_bytes
 from transformers_qwen3.compress.quants import tensor_bytes
+from transformers_qwen3.formats.compression import structure
 
 TEXT = dict(num_hidden_layers=2, hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
 KL = {"F16": 0.0, "Q8_0": 1e-4, "Q4_K": 1e-2, "Q2_K": 0.2}
@@ -50,6 +51,23 @@ def test_the_floor_is_exact_and_reachable():
     assert plan["bytes"] == floor
     with pytest.raises(PlanError, match=rf"below the smallest model this plan can make.*\({floor} bytes"):
         make_plan(calib, TEXT, floor - 1, max_skip=1)
+
+
+def test_deepstack_layers_are_never_skipped():
+    """Qwen3-VL adds deepstack features after each of the first len(deepstack_visual_indexes) decoder layers; the
+    appliers refuse a plan that skips one (formats.compression.structure), so the planner must not offer it."""
+    calib = synthetic()
+    calib.layer_kl = [1e-6, 0.3]  # skipping layer 0 is nearly free: taken whenever it is allowed
+    vision = {"deepstack_visual_indexes": [2]}
+    text = {**TEXT, "intermediate_size": 512}
+    floor = minimum_bytes(calib, Shape.from_text_config(TEXT), "gguf", 0, 1, keep_first=1)
+    free = make_plan(calib, TEXT, floor, max_skip=1)
+    assert [x["skip"] for x in free["layers"]] == [True, False]
+    with pytest.raises(PlanError, match="deepstack"):
+        structure(free, text, vision)
+    plan = make_plan(calib, TEXT, floor, max_skip=1, vision_config=vision)
+    assert [x["skip"] for x in plan["layers"]] == [False, True] and plan["bytes"] <= floor
+    structure(plan, text, vision)  # accepted
 
 
 def _exhaustive(calib, budget):

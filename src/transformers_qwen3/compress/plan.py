@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError
-from ..formats.compression import SCHEMA, VERSION, PlanError, read_plan
+from ..formats.compression import SCHEMA, VERSION, PlanError, deepstack_layers, read_plan
 from ..formats.folder import open_checkpoint
 from ..outputs import atomic_file
 from . import calibrate as calib_mod
@@ -91,7 +91,14 @@ def _is_ffn(name: str) -> bool:
 
 # --- the search ------------------------------------------------------------------------------------------------------------
 class _State:
-    def __init__(self, calib: calib_mod.Calibration, shape: Shape, types: tuple[str, ...], context: int):
+    """One candidate plan: a type per tensor, an FFN width and a skip flag per layer. Its bytes and KL are sums over
+    groups (each decoder layer, and ``None`` for the tensors outside the layers); every single change touches one
+    group, so the search prices a change by recomputing that group alone (an 8B's 254 weights: O(one layer) per
+    candidate instead of O(every tensor))."""
+
+    def __init__(
+        self, calib: calib_mod.Calibration, shape: Shape, types: tuple[str, ...], context: int, keep_first: int = 0
+    ):
         self.calib, self.shape, self.context = calib, shape, context
         self.options = {
             n: [t for t in types if fits(t, tuple(s)) and t in calib.tensor_kl.get(n, {})]
@@ -101,9 +108,15 @@ class _State:
             if not opts:
                 raise PlanError(f"tensor {n} {calib.shapes[n]}: none of {', '.join(types)} fits its row width")
         self.type = {n: opts[0] for n, opts in self.options.items()}  # widest first
+        self.members: dict[int | None, list[str]] = {}
+        for n in self.type:
+            self.members.setdefault(_layer_of(n), []).append(n)
         self.full = [max([*calib.width_kl[i], _ffn_full(calib, i)]) for i in range(shape.n_layers)]
         self.width = list(self.full)
         self.skip = [False] * shape.n_layers
+        self.max_skip = 0
+        # the first `keep_first` layers are never skipped (deepstack: formats.compression.deepstack_layers)
+        self.skippable = range(keep_first, shape.n_layers)
 
     def tensor_bytes(self, name: str, type_name: str | None = None, width: int | None = None) -> int:
         layer = _layer_of(name)
@@ -116,49 +129,46 @@ class _State:
                 shape[0] = w
         return tensor_bytes(type_name or self.type[name], tuple(shape))
 
+    def group(self, g: int | None) -> tuple[int, float]:
+        """(bytes, predicted KL) of one group: a skipped layer costs no bytes and its calibrated skip KL; a kept one
+        its tensors' bytes at their types and widths, their type KLs and its width's KL."""
+        if g is not None and self.skip[g]:
+            return 0, self.calib.layer_kl[g]
+        names = self.members[g]
+        kl = sum(self.calib.tensor_kl[n].get(self.type[n], 0.0) for n in names)
+        if g is not None and self.width[g] != self.full[g]:
+            kl += self.calib.width_kl[g][self.width[g]]
+        return sum(self.tensor_bytes(n) for n in names), kl
+
+    def kv_bytes(self) -> int:
+        return self.shape.kv_bytes(self.context, self.skip.count(False))
+
     def bytes(self) -> int:
-        total = self.shape.fixed_bytes
-        for n in self.type:
-            layer = _layer_of(n)
-            if layer is None or not self.skip[layer]:
-                total += self.tensor_bytes(n)
-        return total + self.shape.kv_bytes(self.context, self.skip.count(False))
+        return self.shape.fixed_bytes + sum(self.group(g)[0] for g in self.members) + self.kv_bytes()
 
     def kl(self) -> float:
-        total = 0.0
-        for n, t in self.type.items():
-            layer = _layer_of(n)
-            if layer is None or not self.skip[layer]:
-                total += self.calib.tensor_kl[n].get(t, 0.0)
-        for i in range(self.shape.n_layers):
-            if self.skip[i]:
-                total += self.calib.layer_kl[i]
-            elif self.width[i] != self.full[i]:
-                total += self.calib.width_kl[i][self.width[i]]
-        return total
+        return sum(self.group(g)[1] for g in self.members)
 
     def moves(self, shrink: bool):
-        """(apply, undo) pairs of single changes; shrink=True lists the ones that save bytes."""
+        """(group, apply, undo) of single changes; shrink=True lists the ones that save bytes."""
         for n, opts in self.options.items():
             layer = _layer_of(n)
             if layer is not None and self.skip[layer]:
                 continue
             here = opts.index(self.type[n])
             for t in opts[here + 1 :] if shrink else opts[:here]:
-                yield _set(self.type, n, t)
+                yield (layer, *_set(self.type, n, t))
         for i in range(self.shape.n_layers):
             if self.skip[i]:
                 if not shrink:
-                    yield _set(self.skip, i, False)
+                    yield (i, *_set(self.skip, i, False))
                 continue
             widths = sorted(self.calib.width_kl[i]) + [self.full[i]]
             for w in widths:
                 if (w < self.width[i]) == shrink and w != self.width[i]:
-                    yield _set(self.width, i, w)
-            if shrink and self.skip.count(True) < self.max_skip:
-                yield _set(self.skip, i, True)
-
-    max_skip = 0
+                    yield (i, *_set(self.width, i, w))
+            if shrink and i in self.skippable and self.skip.count(True) < self.max_skip:
+                yield (i, *_set(self.skip, i, True))
 
 
 def _ffn_full(calib, layer: int) -> int:
@@ -183,34 +193,36 @@ def _set(container, key, value):
 def _best(state: _State, shrink: bool, budget: int):
     """The best single change: least KL added per byte saved (shrink), or most KL removed per byte added that
     still fits the budget (grow)."""
-    base_b, base_kl = state.bytes(), state.kl()
+    groups = {g: state.group(g) for g in state.members}
+    kv = state.kv_bytes()
+    base_b = state.shape.fixed_bytes + sum(b for b, _ in groups.values()) + kv
     best, best_score = None, None
-    for apply, undo in state.moves(shrink):
+    for g, apply, undo in state.moves(shrink):
         apply()
-        b, kl = state.bytes(), state.kl()
+        (gb, gkl), new_kv = state.group(g), state.kv_bytes()
         undo()
-        db, dkl = base_b - b, kl - base_kl
+        db = groups[g][0] - gb + kv - new_kv  # bytes saved
+        dkl = gkl - groups[g][1]  # KL added
         if shrink:
             if db <= 0:
                 continue
             score = max(dkl, 0.0) / db
         else:
-            if b > budget or dkl >= 0:
+            if base_b - db > budget or dkl >= 0:
                 continue
-            score = dkl / (b - base_b) if b > base_b else dkl * 1e30
+            score = dkl / -db if db < 0 else dkl * 1e30
         if best_score is None or score < best_score:
             best, best_score = apply, score
     return best
 
 
-def minimum_bytes(calib, shape: Shape, runtime: str, context: int, max_skip: int) -> int:
-    state = _State(calib, shape, RUNTIME_TYPES[runtime], context)
-    state.max_skip = max_skip
+def minimum_bytes(calib, shape: Shape, runtime: str, context: int, max_skip: int, keep_first: int = 0) -> int:
+    state = _State(calib, shape, RUNTIME_TYPES[runtime], context, keep_first)
     for n, opts in state.options.items():
         state.type[n] = opts[-1]
     state.width = [min([*calib.width_kl[i], state.full[i]]) for i in range(shape.n_layers)]
-    per_layer = [sum(state.tensor_bytes(n) for n in state.type if _layer_of(n) == i) for i in range(shape.n_layers)]
-    for i in sorted(range(shape.n_layers), key=lambda i: -per_layer[i])[:max_skip]:
+    per_layer = {i: state.group(i)[0] for i in state.skippable}
+    for i in sorted(state.skippable, key=lambda i: -per_layer[i])[:max_skip]:
         state.skip[i] = True
     return state.bytes()
 
@@ -222,17 +234,20 @@ def make_plan(
     runtime: str = "gguf",
     context: int = 0,
     max_skip: int | None = None,
+    vision_config: dict | None = None,
 ) -> dict:
     shape = Shape.from_text_config(text_config)
     max_skip = shape.n_layers // 4 if max_skip is None else max_skip
-    floor = minimum_bytes(calib, shape, runtime, context, max_skip)
+    keep_first = deepstack_layers(vision_config)
+    floor = minimum_bytes(calib, shape, runtime, context, max_skip, keep_first)
     if budget < floor:
+        skips = min(max_skip, shape.n_layers - keep_first)
         raise PlanError(
             f"budget {fmt_bytes(budget)} is below the smallest model this plan can make, {fmt_bytes(floor)} "
-            f"({floor} bytes: every tensor at its narrowest type, every FFN at its narrowest width, {max_skip} "
+            f"({floor} bytes: every tensor at its narrowest type, every FFN at its narrowest width, {skips} "
             f"layer(s) skipped{f', KV cache for {context} tokens' if context else ''})"
         )
-    state = _State(calib, shape, RUNTIME_TYPES[runtime], context)
+    state = _State(calib, shape, RUNTIME_TYPES[runtime], context, keep_first)
     state.max_skip = max_skip
     while state.bytes() > budget:
         move = _best(state, shrink=True, budget=budget)
@@ -241,6 +256,11 @@ def make_plan(
         move()
     while (move := _best(state, shrink=False, budget=budget)) is not None:
         move()
+    return _plan_json(state, calib, budget, runtime)
+
+
+def _plan_json(state: _State, calib, budget: int, runtime: str) -> dict:
+    shape, context = state.shape, state.context
     kept = [i for i in range(shape.n_layers) if not state.skip[i]]
     tensors = {
         n: {"type": t, "bytes": state.tensor_bytes(n), "kl": calib.tensor_kl[n].get(t, 0.0)}
@@ -338,7 +358,7 @@ def run(args) -> int:
         print(f"budget auto: {fmt_bytes(budget)} ({why})", file=sys.stderr)
     else:
         budget = parse_bytes(args.budget)
-    plan = make_plan(calib, checkpoint.text, budget, args.runtime, args.context, args.max_skip)
+    plan = make_plan(calib, checkpoint.text, budget, args.runtime, args.context, args.max_skip, checkpoint.vision)
     print(table(plan))
     with atomic_file(out) as tmp:
         Path(tmp).write_text(json.dumps(plan, indent=1) + "\n")

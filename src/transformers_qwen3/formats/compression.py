@@ -223,6 +223,12 @@ def _int(value, what: str) -> int:
     return value
 
 
+def deepstack_layers(vision: dict | None) -> int:
+    """How many leading decoder layers take deepstack features (and so may not be skipped): 0 without a vision
+    tower."""
+    return len((vision or {}).get("deepstack_visual_indexes") or [])
+
+
 def structure(plan: dict, text: dict, vision: dict | None = None, where: str = "plan") -> Structure:
     """The plan's structure, checked against the model's text config (layer count, FFN widths) and, for a model
     with a vision tower, the deepstack layers."""
@@ -241,7 +247,7 @@ def structure(plan: dict, text: dict, vision: dict | None = None, where: str = "
             )
         full[i] = width
     kept = [i for i, entry in enumerate(layers) if not entry["skip"]]
-    deepstack = len((vision or {}).get("deepstack_visual_indexes") or [])
+    deepstack = deepstack_layers(vision)
     shifted = [i for i, entry in enumerate(layers) if entry["skip"] and i < deepstack]
     if shifted:
         raise PlanError(
