@@ -54,20 +54,29 @@ def test_the_floor_is_exact_and_reachable():
 
 
 def test_deepstack_layers_are_never_skipped():
-    """Qwen3-VL adds deepstack features after each of the first len(deepstack_visual_indexes) decoder layers; the
-    appliers refuse a plan that skips one (formats.compression.structure), so the planner must not offer it."""
+    """Qwen3-VL adds deepstack features after each of the first len(deepstack_visual_indexes) decoder layers. The
+    appliers refuse a plan that skips one of them (it would move the features), or that leaves a deepstack layer
+    last (llama.cpp's qwen3vl graph aborts on it: formats.compression.structure); the planner offers neither."""
     calib = synthetic()
     calib.layer_kl = [1e-6, 0.3]  # skipping layer 0 is nearly free: taken whenever it is allowed
-    vision = {"deepstack_visual_indexes": [2]}
+    vision = {"deepstack_visual_indexes": [2]}  # one deepstack layer, of two
     text = {**TEXT, "intermediate_size": 512}
-    floor = minimum_bytes(calib, Shape.from_text_config(TEXT), "gguf", 0, 1, keep_first=1)
+    shape = Shape.from_text_config(TEXT)
+    floor = minimum_bytes(calib, shape, "gguf", 0, 1)
     free = make_plan(calib, TEXT, floor, max_skip=1)
     assert [x["skip"] for x in free["layers"]] == [True, False]
-    with pytest.raises(PlanError, match="deepstack"):
+    with pytest.raises(PlanError, match="skips decoder layer.*deepstack"):
         structure(free, text, vision)
-    plan = make_plan(calib, TEXT, floor, max_skip=1, vision_config=vision)
-    assert [x["skip"] for x in plan["layers"]] == [False, True] and plan["bytes"] <= floor
+    kept_floor = minimum_bytes(calib, shape, "gguf", 0, 1, keep_first=1)
+    assert kept_floor > floor  # neither layer may go: the floor keeps both
+    with pytest.raises(PlanError, match="below the smallest model"):
+        make_plan(calib, TEXT, floor, max_skip=1, vision_config=vision)
+    plan = make_plan(calib, TEXT, kept_floor, max_skip=1, vision_config=vision)
+    assert [x["skip"] for x in plan["layers"]] == [False, False] and plan["bytes"] == kept_floor
     structure(plan, text, vision)  # accepted
+    plan["layers"][1]["skip"] = True  # a deepstack layer last: refused
+    with pytest.raises(PlanError, match="keep at least 2"):
+        structure(plan, text, vision)
 
 
 def _exhaustive(calib, budget):

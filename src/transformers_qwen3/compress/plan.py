@@ -74,7 +74,12 @@ class Shape:
         return cls(n_layers, hidden, head_dim, text.get("num_key_value_heads", text["num_attention_heads"]), 4 * norms)
 
     def kv_bytes(self, context: int, layers_kept: int) -> int:
-        return 2 * layers_kept * self.n_kv_heads * self.head_dim * context * KV_BYTES_PER_VALUE
+        return kv_cache_bytes([self.n_kv_heads] * layers_kept, self.head_dim, context)
+
+
+def kv_cache_bytes(kv_heads_per_layer: list[int], head_dim: int, context: int) -> int:
+    """Bytes of an f16 K and V cache for ``context`` tokens (what the planner and ``run --budget`` count)."""
+    return 2 * sum(kv_heads_per_layer) * head_dim * context * KV_BYTES_PER_VALUE
 
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
@@ -115,8 +120,10 @@ class _State:
         self.width = list(self.full)
         self.skip = [False] * shape.n_layers
         self.max_skip = 0
-        # the first `keep_first` layers are never skipped (deepstack: formats.compression.deepstack_layers)
+        # the first `keep_first` layers are never skipped, and one more is kept after them (deepstack:
+        # formats.compression.deepstack_layers and structure())
         self.skippable = range(keep_first, shape.n_layers)
+        self.most_skips = max(0, shape.n_layers - keep_first - 1)
 
     def tensor_bytes(self, name: str, type_name: str | None = None, width: int | None = None) -> int:
         layer = _layer_of(name)
@@ -167,7 +174,7 @@ class _State:
             for w in widths:
                 if (w < self.width[i]) == shrink and w != self.width[i]:
                     yield (i, *_set(self.width, i, w))
-            if shrink and i in self.skippable and self.skip.count(True) < self.max_skip:
+            if shrink and i in self.skippable and self.skip.count(True) < min(self.max_skip, self.most_skips):
                 yield (i, *_set(self.skip, i, True))
 
 
@@ -222,7 +229,7 @@ def minimum_bytes(calib, shape: Shape, runtime: str, context: int, max_skip: int
         state.type[n] = opts[-1]
     state.width = [min([*calib.width_kl[i], state.full[i]]) for i in range(shape.n_layers)]
     per_layer = {i: state.group(i)[0] for i in state.skippable}
-    for i in sorted(state.skippable, key=lambda i: -per_layer[i])[:max_skip]:
+    for i in sorted(state.skippable, key=lambda i: -per_layer[i])[: min(max_skip, state.most_skips)]:
         state.skip[i] = True
     return state.bytes()
 
@@ -241,7 +248,7 @@ def make_plan(
     keep_first = deepstack_layers(vision_config)
     floor = minimum_bytes(calib, shape, runtime, context, max_skip, keep_first)
     if budget < floor:
-        skips = min(max_skip, shape.n_layers - keep_first)
+        skips = max(0, min(max_skip, shape.n_layers - keep_first - 1))
         raise PlanError(
             f"budget {fmt_bytes(budget)} is below the smallest model this plan can make, {fmt_bytes(floor)} "
             f"({floor} bytes: every tensor at its narrowest type, every FFN at its narrowest width, {skips} "

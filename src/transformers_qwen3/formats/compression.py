@@ -255,6 +255,17 @@ def structure(plan: dict, text: dict, vision: dict | None = None, where: str = "
             f"after each of its first {deepstack} layers; skipping one would move them. Plan again with those layers "
             "kept (skip only layers >= " + str(deepstack) + ")"
         )
+    if not kept:
+        raise PlanError(f"{where}: skips every decoder layer; keep at least one")
+    if len(kept) < n_layers and len(kept) <= deepstack:
+        # llama.cpp's qwen3vl graph picks the output rows in its last layer before adding that layer's deepstack
+        # features, and aborts (GGML_ASSERT ggml_can_repeat) when the last layer is a deepstack layer and not every
+        # position is an output (mtmd's prompts): a plan must not make such a model
+        raise PlanError(
+            f"{where}: keeps {len(kept)} decoder layer(s), but this model adds deepstack features after each of its "
+            f"first {deepstack}; keep at least {deepstack + 1} (llama.cpp cannot run a model whose last layer takes "
+            "deepstack features)"
+        )
     orders = {}
     for i in kept:
         order = layers[i].get("ffn_order")
