@@ -28,7 +28,8 @@ MAY_IMPORT = {
     "runtime": {"remote", "checkpoint", "formats", "convert"} | FOUNDATION,
     "export": {"remote", "checkpoint", "formats", "convert", "runtime"} | FOUNDATION,
     "demo": {"remote", "checkpoint", "formats", "convert", "runtime", "training", "inference", "export"} | FOUNDATION,
-    "serve": {"remote", "convert", "runtime", "demo"} | FOUNDATION,  # demo: its cache root (one home)
+    # demo: its cache root (one home); compress: the budget (hw probe, KV-cache formula, sizes)
+    "serve": {"remote", "convert", "runtime", "demo", "compress"} | FOUNDATION,
     "compress": {"remote", "checkpoint", "formats", "convert", "runtime"} | FOUNDATION,
     # the package root registers the remote classes and exposes the Pipeline; the CLI names verbs by string
     "__init__": {"remote", "inference"},

@@ -30,6 +30,7 @@ VERBS = {
     "export": ("transformers_qwen3.export.publish", "write a Hub-ready repository (card, licence, GGUF)"),
     "demo": ("transformers_qwen3.demo.cli", "the demo model: run, build, eval, train, retrain, synthetic data"),
     "serve": ("transformers_qwen3.serve.cli", "an OpenAI-compatible server for a model: llama.cpp, RPC or vLLM"),
+    "run": ("transformers_qwen3.serve.run", "one answer from llama.cpp; --budget runs the GGUF variant that fits"),
     "hw": ("transformers_qwen3.compress.hardware", "memory, accelerators, CPU ISA and the auto budget"),
     "calibrate": ("transformers_qwen3.compress.calibrate", "measure a model's sensitivities for compression planning"),
     "plan": ("transformers_qwen3.compress.plan", "fit a model to a byte budget: per-tensor types, FFN widths, depth"),

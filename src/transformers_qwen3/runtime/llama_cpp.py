@@ -117,6 +117,22 @@ def load_llama(
         ) from e
 
 
+def gguf_metadata(path: Path) -> dict[str, str]:
+    """A GGUF's metadata as llama.cpp reads it (scalar values, as strings; arrays are left out), from the header and
+    vocabulary only: no weights, no context (under a second for a 151k-token vocabulary, where gguf-py's reader
+    parses every vocabulary array in Python, ~20 s)."""
+    llama_cpp = llama_cpp_module()
+    from llama_cpp._internals import LlamaModel
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = LlamaModel(path_model=str(path), params=params, verbose=False)
+    try:
+        return dict(model.metadata())
+    finally:
+        model.close()
+
+
 def tokenize(path: Path, texts: list[str]) -> list[list[int]]:
     """llama.cpp's tokenization of each text (special tokens parsed, no BOS added), from the vocabulary alone."""
     llm = load_llama(path, vocab_only=True)

@@ -21,7 +21,7 @@ import argparse
 import subprocess
 from pathlib import Path
 
-from ..errors import MissingDependencyError
+from ..errors import FolderError, MissingDependencyError
 
 ENGINES = ("llama.cpp", "vllm")
 
@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
     parser.add_argument(
         "--outtype", default="f16", help="GGUF type when a Hub folder is converted (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--budget",
+        default=None,
+        help="llama.cpp engine: memory for weights + mmproj + KV cache ('auto' or a size such as 4GB); serves the "
+        "largest GGUF variant in the folder that fits (as `run --budget`)",
     )
     parser.add_argument(
         "--rpc",
@@ -65,10 +71,15 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "vllm":
         from .vllm_engine import serve
 
+        if args.budget is not None:
+            raise FolderError(
+                "--budget chooses among GGUF files: the llama.cpp engine only (vLLM sizes its own cache)"
+            )
+
         return serve(args.model, name, args)
     from .model_files import resolve
 
-    gguf, mmproj = resolve(args.model, args.outtype)
+    gguf, mmproj = resolve(args.model, args.outtype, args.budget, args.ctx_size, log=print)
     if args.rpc:
         from .chat_handler import chat_template_file
         from .rpc import llama_server_command
