@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from helpers.processes import wait_ready
-from serving_helpers import API_KEY, MAX_TOKENS, N_CTX, Turn, hf_messages
+from serving_helpers import API_KEY, MAX_TOKENS, N_CTX, LlamaCppOracle, Turn, hf_messages
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,31 +94,6 @@ def questions(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------------------
 # The oracle
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-class LlamaCppOracle:
-    """Greedy answers of the in-process llama.cpp runtime (LlamaCppModel), as the demo computes them."""
-
-    def __init__(self, text: Path, mmproj: Path):
-        from transformers_qwen3.checkpoint.tokenizer import build_qwen3_tokenizer
-        from transformers_qwen3.runtime.llama_cpp import LlamaCppModel
-
-        self.tokenizer = build_qwen3_tokenizer()
-        self.model = LlamaCppModel(text, mmproj, n_ctx=N_CTX)
-
-    def answer(self, turns: list[Turn], max_tokens: int = MAX_TOKENS) -> tuple[str, int]:
-        messages = hf_messages(turns)
-        prompt = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, enable_thinking=False, tokenize=False
-        )
-        media = [(k, v) for t in turns if t.role != "assistant" for k, v in t.parts if k != "text"]
-        prompt = self.model.media_prompt(prompt, [k for k, _ in media])
-        if media:
-            bitmaps = [self.model.file_bitmap(Path(v)) for _, v in media]
-            tokens, _, _ = self.model.answer(prompt, bitmaps, max_tokens)
-        else:  # text only: the same driver, the prompt through mtmd with no media
-            tokens, _, _ = self.model.answer(prompt, [], max_tokens)
-        return self.model.detokenize(tokens), len(tokens)
 
 
 class TransformersOracle:

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LlamaCppOracle
-from serving_helpers import Turn
+from serving_helpers import LlamaCppOracle, Turn
 
 CTX = 512
 
