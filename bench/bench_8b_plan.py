@@ -65,6 +65,7 @@ import torch
 from transformers_qwen3.checkpoint.presets import text_config
 from transformers_qwen3.compress import calibrate as calib_mod
 from transformers_qwen3.compress import plan as plan_mod
+from transformers_qwen3.compress.calib_data import BUILTIN_TEXT
 from transformers_qwen3.compress.quants import CANDIDATE_TYPES, bits_per_weight
 
 PRESET = "8b"
@@ -184,7 +185,7 @@ def measure_tied_split(folder: Path, types: list[str], max_tokens: int) -> dict:
 
     tok = AutoTokenizer.from_pretrained(folder)
     batches = []
-    for t in calib_mod.BUILTIN_TEXT:
+    for t in BUILTIN_TEXT:
         b = tok(t, return_tensors="pt", truncation=True, max_length=max_tokens)
         batches.append({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]})
     model = Qwen3MultimodalForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()

@@ -278,3 +278,74 @@ def test_calibration_of_another_model_is_refused(calibrated, tmp_path):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     proc = cli("plan", model, "--calib", broken, "--budget", "1GB", "-o", out, check=False)
     assert proc.returncode == 2 and "not a calibration file" in proc.stderr and not out.exists()
+
+
+# --- media prompts -----------------------------------------------------------------------------------------------------
+def _media_data(folder):
+    """A JSONL with one picture question and one clip question, the files beside it."""
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "pic.png")
+    sf.write(folder / "clip.wav", (0.3 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440)).astype(np.float32), 16000)
+    ask = lambda kind, name: {  # noqa: E731
+        "messages": [{"role": "user", "content": [{"type": kind, kind: name}, {"type": "text", "text": "What?"}]}]
+    }
+    data = folder / "media.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in (ask("image", "pic.png"), ask("audio", "clip.wav"))) + "\n")
+    return data
+
+
+def test_media_prompts_reach_the_decoder(tmp_path):
+    """--data with a picture and a clip: the importance matrix equals the mean squared input of down_proj over
+    every position of the processor's inputs (media positions included), recomputed here with a hook."""
+    from helpers.convert_fixtures import checkpoint
+    from transformers import AutoProcessor
+
+    from transformers_qwen3.remote.media_qwen3_multimodal import MediaPolicy
+    from transformers_qwen3.remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
+    from transformers_qwen3.remote.tokens_qwen3_multimodal import AUDIO_TOKEN_ID, IMAGE_TOKEN_ID
+
+    model = checkpoint(tmp_path, "mm")
+    data = _media_data(tmp_path)
+    out = tmp_path / "calib.safetensors"
+    printed = cli("calibrate", model, "--data", data, "--types", "Q8_0", "-o", out).stdout
+    assert "2 prompts, 2 with media" in printed
+    calib = C.load(out)
+    processor = AutoProcessor.from_pretrained(model)
+    net = Qwen3MultimodalForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
+    seen = []
+    handle = net.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0][0]))
+    policy = MediaPolicy(allowed_roots=(str(tmp_path),), allow_network=False)
+    n_media_tokens = 0
+    with torch.no_grad():
+        for record in map(json.loads, data.read_text().splitlines()):
+            for part in record["messages"][0]["content"]:
+                if part["type"] != "text":
+                    part[part["type"]] = str(tmp_path / part[part["type"]])
+            inputs = processor.apply_chat_template(
+                record["messages"], tokenize=True, return_dict=True, return_tensors="pt", media_policy=policy
+            )
+            n_media_tokens += int(
+                torch.isin(inputs["input_ids"], torch.tensor([IMAGE_TOKEN_ID, AUDIO_TOKEN_ID])).sum()
+            )
+            net(**inputs)
+    handle.remove()
+    x = torch.cat(seen).double()
+    assert n_media_tokens > 0 and calib.imatrix_tokens == x.shape[0]
+    name = next(n for n in calib.imatrix if n.endswith("layers.1.mlp.down_proj.weight"))
+    torch.testing.assert_close(calib.imatrix[name], x.pow(2).mean(0).float(), rtol=1e-5, atol=0)
+
+
+def test_media_outside_the_data_folder_is_refused(tmp_path):
+    from helpers.convert_fixtures import checkpoint
+
+    model = checkpoint(tmp_path, "mm")
+    (tmp_path / "data").mkdir()
+    data = _media_data(tmp_path)  # the files sit in tmp_path; the JSONL names them from data/ as ../pic.png
+    (tmp_path / "data" / "media.jsonl").write_text(data.read_text().replace('"pic.png"', '"../pic.png"'))
+    out = tmp_path / "calib.safetensors"
+    proc = cli("calibrate", model, "--data", tmp_path / "data" / "media.jsonl", "-o", out, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pic.png" in proc.stderr and not out.exists()

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..formats.compression import checkpoint_sha256
 from ..formats.folder import open_checkpoint
 from ..outputs import atomic_file
+from .calib_data import builtin_records, has_media, model_inputs, read_records, record_text
 from .importance import decoder_layers, importance_order, neuron_scores
 from .quants import CANDIDATE_TYPES, fits, round_trip
 
@@ -41,18 +42,6 @@ VERSION = 1
 # WIDTH_STEP (256: narrower rows make llama.cpp substitute K-quant types) or, for models narrower than that, of 32.
 WIDTH_FRACTIONS = (0.25, 0.5, 0.75)
 WIDTH_STEP = 256
-
-# A built-in calibration set for text models without --data: varied registers, code, numbers and two languages.
-BUILTIN_TEXT = (
-    "The quick brown fox jumps over the lazy dog. Meanwhile, the committee postponed its decision until spring.",
-    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
-    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a by-product.",
-    "Q: What is 17 times 23? A: 17 times 23 is 391, because 17 * 20 = 340 and 17 * 3 = 51.",
-    "Le chat dort sur le canapé pendant que la pluie tombe doucement sur les toits de la ville.",
-    "Dear customer, your order #48213 has shipped and should arrive within three to five business days.",
-    "In 1969, Apollo 11 landed on the Moon; Neil Armstrong and Buzz Aldrin walked on its surface for hours.",
-    "SELECT name, COUNT(*) FROM orders WHERE created_at > '2024-01-01' GROUP BY name ORDER BY 2 DESC;",
-)
 
 
 class CalibrationError(UserError, ValueError):
@@ -432,34 +421,18 @@ def write_llama_imatrix(calib: Calibration, path: Path, dataset: str = "transfor
 
 # --- the verb ----------------------------------------------------------------------------------------------------------
 def read_texts(path: Path) -> list[str]:
-    """Calibration prompts from a JSONL file: one object per line with "text", or chat "messages" whose contents
-    are joined (media tags stay text here: this version calibrates the text path)."""
-    texts = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise CalibrationError(f"--data {path}: cannot read it ({e})") from e
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if "text" in record:
-                texts.append(str(record["text"]))
-            else:
-                texts.append("\n".join(str(m["content"]) for m in record["messages"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CalibrationError(
-                f'--data {path}, line {number}: expected an object with "text" or "messages" ({e})'
-            ) from e
-    if not texts:
-        raise CalibrationError(f"--data {path}: no prompts in it")
-    return texts
+    """The text of each ``--data`` record (``calib_data.record_text``: media parts, if any, left out)."""
+    return [record_text(r) for r in read_records(path)]
 
 
 def add_arguments(parser):
     parser.add_argument("model", help="the model folder to calibrate")
-    parser.add_argument("--data", help='JSONL prompts ({"text": ...} or {"messages": [...]}); default: built-in')
+    parser.add_argument(
+        "--data",
+        help='JSONL prompts: {"text": ...} or {"messages": [...]}, whose parts may be {"type": "image", "image": '
+        'PATH} / {"type": "audio", "audio": PATH} relative to the file (default: built-in text, and generated '
+        "pictures and clips for a model with towers)",
+    )
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per prompt (longer prompts are cut)")
     parser.add_argument("--types", default=",".join(CANDIDATE_TYPES), help="candidate ggml types, comma-separated")
     parser.add_argument(
@@ -476,7 +449,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     import gguf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ..errors import OutputError
     from ..remote.modeling_qwen3_multimodal import Qwen3MultimodalForConditionalGeneration
@@ -489,11 +462,13 @@ def run(args) -> int:
     unknown = [t for t in types if t not in gguf.GGMLQuantizationType.__members__]
     if unknown or not types:
         raise CalibrationError(f"--types: unknown ggml type(s) {unknown or args.types!r}")
-    texts = read_texts(args.data) if args.data else list(BUILTIN_TEXT)
     checkpoint = open_checkpoint(args.model)  # the folder check every verb runs first
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    batches = [tokenizer(t, return_tensors="pt", truncation=True, max_length=args.max_tokens) for t in texts]
-    batches = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches]
+    if args.data:
+        records, data_dir = read_records(args.data), Path(args.data).resolve().parent
+    else:
+        records, data_dir = builtin_records(checkpoint.vision is not None, checkpoint.audio is not None), None
+    batches = model_inputs(args.model, records, args.max_tokens, data_dir)
+    n_media = sum(has_media(r) for r in records)
     # our folders load with the installed classes (their code files never run), native Qwen3 ones with transformers'
     ours = checkpoint.model_type == Qwen3MultimodalForConditionalGeneration.config_class.model_type
     loader = Qwen3MultimodalForConditionalGeneration if ours else AutoModelForCausalLM
@@ -502,9 +477,18 @@ def run(args) -> int:
         raise CalibrationError(f"--kl-top-k {args.kl_top_k}: give 0 (exact) or a positive number of tokens")
     calib = calibrate(model, batches, model_sha256(args.model), types, kl_top_k=args.kl_top_k)
     kl = f"top-{args.kl_top_k} + {KL_TAIL_SAMPLES} tail samples" if args.kl_top_k else "exact"
-    calib.extra = {"data": str(args.data or "built-in"), "prompts": len(texts), "types": list(types), "kl": kl}
+    calib.extra = {
+        "data": str(args.data or "built-in"),
+        "prompts": len(records),
+        "media_prompts": n_media,
+        "types": list(types),
+        "kl": kl,
+    }
     save(calib, Path(args.output))
     if args.imatrix:
         write_llama_imatrix(calib, Path(args.imatrix), dataset=str(args.data or "built-in"))
-    print(f"wrote {args.output} ({calib.tokens} tokens, {len(calib.tensor_kl)} tensors, {len(calib.layer_kl)} layers)")
+    print(
+        f"wrote {args.output} ({len(records)} prompts, {n_media} with media; {calib.tokens} tokens, "
+        f"{len(calib.tensor_kl)} tensors, {len(calib.layer_kl)} layers)"
+    )
     return 0
