@@ -1,5 +1,6 @@
-"""What ``serve`` runs for a model folder: the GGUF pair (text model + its one mmproj) of a GGUF folder, or of a
-Hub-layout folder converted on first use and cached.
+"""What ``serve`` and ``run`` run for a model folder: the GGUF pair (text model + its one mmproj) of a GGUF folder, or
+of a Hub-layout folder converted on first use and cached; with a memory budget, the largest of a GGUF folder's
+text-model variants that fits (:func:`pick`).
 
 The cache is ``<cache root>/serve/<folder name>-<outtype>-<key>/`` (the cache root of the demo and the llama.cpp
 wheel: ``$TRANSFORMERS_QWEN3_CACHE`` or ``~/.cache/transformers-qwen3``). The key hashes the folder's resolved
@@ -65,8 +66,8 @@ class Variant:
 
 
 def kv_cache_of(gguf: Path, n_ctx: int) -> int:
-    """The f16 KV cache of ``gguf`` for ``n_ctx`` tokens, from its own metadata (a planned file's layer count and
-    per-layer KV heads included)."""
+    """The f16 KV cache of ``gguf`` for ``n_ctx`` tokens, from its own metadata (a planned file's reduced layer count
+    included)."""
     from ..compress.plan import kv_cache_bytes
     from ..runtime.llama_cpp import gguf_metadata
 
