@@ -53,6 +53,19 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def budget_bytes(text: str, runtime: str = "gguf") -> tuple[int, str]:
+    """(bytes, where from) of a ``--budget``: 'auto' (``transformers-qwen3 hw``: free memory minus a reserve, for
+    ``runtime``) or a size such as 4.2GB. ``plan``, ``run`` and ``serve`` read it here."""
+    if text != "auto":
+        return parse_bytes(text), "--budget"
+    from .hardware import probe
+
+    nbytes, why = probe().budget(runtime)
+    if nbytes is None:
+        raise PlanError(f"--budget auto: {why}")
+    return nbytes, f"auto: {why}"
+
+
 def fmt_bytes(n: float) -> str:
     return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
@@ -123,7 +136,7 @@ class _State:
         # the first `keep_first` layers are never skipped, and one more is kept after them (deepstack:
         # formats.compression.deepstack_layers and structure())
         self.skippable = range(keep_first, shape.n_layers)
-        self.most_skips = max(0, shape.n_layers - keep_first - 1)
+        self.most_skips = most_skips(shape.n_layers, keep_first)
 
     def tensor_bytes(self, name: str, type_name: str | None = None, width: int | None = None) -> int:
         layer = _layer_of(name)
@@ -176,6 +189,11 @@ class _State:
                     yield (i, *_set(self.width, i, w))
             if shrink and i in self.skippable and self.skip.count(True) < min(self.max_skip, self.most_skips):
                 yield (i, *_set(self.skip, i, True))
+
+
+def most_skips(n_layers: int, keep_first: int) -> int:
+    """Layers a plan may skip at most: those after the first ``keep_first``, keeping one of them."""
+    return max(0, n_layers - keep_first - 1)
 
 
 def _ffn_full(calib, layer: int) -> int:
@@ -248,7 +266,7 @@ def make_plan(
     keep_first = deepstack_layers(vision_config)
     floor = minimum_bytes(calib, shape, runtime, context, max_skip, keep_first)
     if budget < floor:
-        skips = max(0, min(max_skip, shape.n_layers - keep_first - 1))
+        skips = min(max_skip, most_skips(shape.n_layers, keep_first))
         raise PlanError(
             f"budget {fmt_bytes(budget)} is below the smallest model this plan can make, {fmt_bytes(floor)} "
             f"({floor} bytes: every tensor at its narrowest type, every FFN at its narrowest width, {skips} "
@@ -356,15 +374,9 @@ def run(args) -> int:
         raise PlanError(f"--context {args.context}: give a number of tokens >= 0")
     checkpoint = open_checkpoint(args.model)
     calib = calib_mod.load(args.calib, calib_mod.model_sha256(args.model))
+    budget, why = budget_bytes(args.budget, args.runtime)
     if args.budget == "auto":
-        from .hardware import probe
-
-        budget, why = probe().budget(args.runtime)
-        if budget is None:
-            raise PlanError(f"--budget auto: {why}")
-        print(f"budget auto: {fmt_bytes(budget)} ({why})", file=sys.stderr)
-    else:
-        budget = parse_bytes(args.budget)
+        print(f"budget {fmt_bytes(budget)} ({why})", file=sys.stderr)
     plan = make_plan(calib, checkpoint.text, budget, args.runtime, args.context, args.max_skip, checkpoint.vision)
     print(table(plan))
     with atomic_file(out) as tmp:

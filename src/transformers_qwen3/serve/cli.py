@@ -69,12 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     name = args.model.resolve().name
     if args.engine == "vllm":
-        from .vllm_engine import serve
-
         if args.budget is not None:
             raise FolderError(
                 "--budget chooses among GGUF files: the llama.cpp engine only (vLLM sizes its own cache)"
             )
+        from .vllm_engine import serve
 
         return serve(args.model, name, args)
     from .model_files import resolve

@@ -137,26 +137,12 @@ def converted(folder: Path, outtype: str = "f16", cache: Path | None = None, pro
     return dst
 
 
-def budget_bytes(budget: str) -> tuple[int, str]:
-    """(bytes, where from) of ``--budget``: 'auto' (``transformers-qwen3 hw``: free memory minus a reserve) or a
-    size such as 4GB."""
-    from ..compress.hardware import probe
-    from ..compress.plan import parse_bytes
-
-    if budget != "auto":
-        return parse_bytes(budget), "--budget"
-    nbytes, why = probe().budget("gguf")
-    if nbytes is None:
-        raise FolderError(f"--budget auto: {why}")
-    return nbytes, f"auto: {why}"
-
-
 def resolve(
     model: Path, outtype: str = "f16", budget: str | None = None, n_ctx: int = 4096, log=None
 ) -> tuple[Path, Path | None]:
     """(text GGUF, mmproj or None) for a Hub-layout folder or a GGUF folder; with ``budget``, the variant
     :func:`pick` chooses (each variant and the choice reported through ``log``)."""
-    from ..compress.plan import fmt_bytes
+    from ..compress.plan import budget_bytes, fmt_bytes
 
     model = Path(model)
     if not model.is_dir():

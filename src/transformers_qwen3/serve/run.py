@@ -57,6 +57,7 @@ def conversation(prompt: str, images: list[Path], audios: list[Path]):
     for p in audios:
         samples = load_audio(str(p), policy, tag="--audio", budget=budget)
         media.append(("audio", np.ascontiguousarray(samples.numpy(), dtype=np.float32)))
+    # the template reads only the parts' types; the media travel decoded, in `media`
     parts = [{"type": "image_url", "image_url": {"url": f"file {p.name}"}} for p in images]
     parts += [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}} for _ in audios]
     parts.append({"type": "text", "text": prompt})
