@@ -119,8 +119,8 @@ def load_llama(
 
 def gguf_metadata(path: Path) -> dict[str, str]:
     """A GGUF's metadata as llama.cpp reads it (scalar values, as strings; arrays are left out), from the header and
-    vocabulary only: no weights, no context (under a second for a 151k-token vocabulary, where gguf-py's reader
-    parses every vocabulary array in Python, ~20 s)."""
+    vocabulary only: no weights, no context (1.4 s for a 151k-token vocabulary, where gguf-py's reader parses
+    every vocabulary array in Python: 25 s; docs/benchmarks.md)."""
     llama_cpp = llama_cpp_module()
     from llama_cpp._internals import LlamaModel
 
